@@ -1,0 +1,37 @@
+# Two commands for a new machine: `make demo` (the main job, end to end) and `make test`.
+# Both install what they need: Debian packages with apt (as root, or through sudo), Python
+# packages into a virtual environment in .venv.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test deps venv bench clean
+
+deps:
+	@if ! command -v docker-registry >/dev/null || ! command -v skopeo >/dev/null; then \
+	  echo "installing docker-registry and skopeo with apt"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq docker-registry skopeo >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: deps venv
+	$(PY) examples/demo.py
+
+test: deps venv
+	$(PY) -m pytest -q
+
+bench: deps venv
+	$(PY) benchmarks/bench_sync.py
+
+clean:
+	rm -rf $(VENV) .demo bundles build *.egg-info

@@ -1,0 +1,135 @@
+"""The distribution API of one registry host: manifests, tags, blobs (read side)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from urllib.parse import urljoin
+
+import aiohttp
+
+from .errors import RegistryError, TransientError
+from .oci import ACCEPT, Descriptor
+from .store import Store
+from .transport import Transport, redact_url
+
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024    # distribution's own limit
+MAX_TAG_PAGES = 10_000                  # a tag list that never ends stops here
+CHUNK = 1 << 20
+
+
+def _pull(repo: str) -> frozenset:
+    return frozenset({f"repository:{repo}:pull"})
+
+
+class Registry:
+    """Read manifests, tags and blobs from one registry host through a Transport."""
+
+    def __init__(self, transport: Transport):
+        self.t = transport
+        self.host = transport.settings.host
+
+    async def head_manifest(self, repo: str, ref: str) -> str | None:
+        """The digest a tag points at (HEAD: not counted by Docker Hub's pull limit), if the registry says."""
+        async with self.t.limit:
+            resp = await self.t.open("HEAD", f"/v2/{repo}/manifests/{ref}", scopes=_pull(repo),
+                                     headers={"Accept": ACCEPT}, what=f"manifest {repo}:{ref}")
+            resp.release()
+        return resp.headers.get("Docker-Content-Digest")
+
+    async def get_manifest(self, repo: str, ref: str) -> tuple[bytes, str]:
+        """The exact manifest bytes and their Content-Type."""
+        sep = "@" if ":" in ref else ":"
+        what = f"manifest {self.host}/{repo}{sep}{ref}"
+        async with self.t.limit:
+            resp = await self.t.open("GET", f"/v2/{repo}/manifests/{ref}", scopes=_pull(repo),
+                                     headers={"Accept": ACCEPT}, what=what)
+            async with resp:
+                try:
+                    raw = await resp.content.read(MAX_MANIFEST_BYTES + 1)
+                    if len(raw) > MAX_MANIFEST_BYTES:
+                        raise RegistryError(f"{what}: larger than {MAX_MANIFEST_BYTES} bytes; refused")
+                    # content.read(n) may return less than n before EOF: read the rest.
+                    while not resp.content.at_eof():
+                        more = await resp.content.read(MAX_MANIFEST_BYTES + 1 - len(raw))
+                        if not more:
+                            break
+                        raw += more
+                        if len(raw) > MAX_MANIFEST_BYTES:
+                            raise RegistryError(f"{what}: larger than {MAX_MANIFEST_BYTES} bytes; refused")
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    raise TransientError(f"{what}: connection lost ({exc.__class__.__name__})") from None
+                return raw, resp.headers.get("Content-Type", "")
+
+    async def list_tags(self, repo: str) -> list[str]:
+        """Every tag of a repository, following `Link: <…>; rel="next"` to the end."""
+        url = f"/v2/{repo}/tags/list?n=1000"
+        tags: list[str] = []
+        for _ in range(MAX_TAG_PAGES):
+            async with self.t.limit:
+                resp = await self.t.open("GET", url, scopes=_pull(repo), what=f"tag list of {self.host}/{repo}")
+                async with resp:
+                    data = await resp.json(content_type=None)
+                    link = resp.headers.get("Link", "")
+                    base = str(resp.url)
+            tags.extend(t for t in (data or {}).get("tags") or [] if isinstance(t, str))
+            nxt = _next_link(link)
+            if not nxt:
+                return tags
+            url = urljoin(base, nxt)
+        raise RegistryError(f"tag list of {self.host}/{repo}: more than {MAX_TAG_PAGES} pages; refused")
+
+    async def fetch_blob(self, repo: str, desc: Descriptor, store: Store, on_bytes=None) -> None:
+        """Download a blob into the store: streamed, hashed, resumed with Range after a cut."""
+        url = f"/v2/{repo}/blobs/{desc.digest}"
+        what = f"blob {desc.digest} of {self.host}/{repo}"
+        retries = self.t.settings.retries
+        async with self.t.limit:
+            writer = store.begin(desc.digest, desc.size)
+            try:
+                for attempt in range(retries + 1):
+                    try:
+                        await self._stream_into(url, repo, writer, what, on_bytes)
+                        break
+                    except TransientError:
+                        if attempt == retries:
+                            raise
+                        await asyncio.sleep(min(10.0, 0.2 * 2 ** attempt) * random.random())
+                writer.commit()
+            finally:
+                writer.abort()
+
+    async def _stream_into(self, url, repo, writer, what, on_bytes) -> None:
+        headers = {"Range": f"bytes={writer.size}-"} if writer.size else {}
+        resp = await self.t.open("GET", url, scopes=_pull(repo), headers=headers, ok=(200, 206), what=what)
+        async with resp:
+            if resp.status == 206:
+                start = resp.headers.get("Content-Range", "").removeprefix("bytes ").split("-")[0]
+                if start != str(writer.size):
+                    writer.reset()
+                    raise TransientError(f"{what}: unexpected Content-Range from {redact_url(resp.url)}")
+            elif writer.size:
+                if on_bytes:
+                    on_bytes(-writer.size)
+                writer.reset()    # the server ignored Range: take the whole body again
+            try:
+                async for chunk in resp.content.iter_chunked(CHUNK):
+                    writer.write(chunk)
+                    if on_bytes:
+                        on_bytes(len(chunk))
+            except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
+                raise TransientError(f"{what}: connection lost after {writer.size} bytes "
+                                     f"({exc.__class__.__name__}); resuming") from None
+        if writer.expected_size is not None and writer.size < writer.expected_size:
+            raise TransientError(f"{what}: body ended after {writer.size} of {writer.expected_size} bytes")
+
+
+def _next_link(header: str) -> str | None:
+    """The target of a `Link: <url>; rel="next"` header."""
+    for part in header.split(","):
+        url, _, params = part.partition(";")
+        if 'rel="next"' in params.replace(" ", "") or "rel=next" in params.replace(" ", ""):
+            return url.strip().strip("<>")
+    return None
+
+

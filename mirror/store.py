@@ -1,0 +1,157 @@
+"""The content-addressed cache kept between runs: blobs/sha256/<hex>, written only once verified.
+
+Layout under the cache root:
+    blobs/sha256/<hex>   exactly the bytes of that digest (blobs and manifests alike)
+    tmp/                 downloads in progress; emptied when a run takes the lock
+    lock                 flock()ed by the run using the cache; holds who that is
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import socket
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import DigestMismatchError, LockHeldError, StoreError
+from .oci import digest_hex, sha256_digest
+
+
+def default_cache_dir(env=os.environ) -> Path:
+    """$XDG_CACHE_HOME/imgmirror, or ~/.cache/imgmirror."""
+    base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "imgmirror"
+
+
+class BlobWriter:
+    """A download in progress: hashes as it writes, lands in the store only when verified."""
+
+    def __init__(self, store: "Store", digest: str, size: int | None):
+        self.store, self.digest, self.expected_size = store, digest, size
+        self.final = store.blob_path(digest)
+        self.tmp = store.tmp_dir / f"{digest_hex(digest)}.{os.getpid()}.{id(self)}.part"
+        self._fh = open(self.tmp, "wb")
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def reset(self) -> None:
+        """Start over (the server ignored our Range request)."""
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        """Append bytes; refuse more than the descriptor's size (a lying server stops here)."""
+        if self.expected_size is not None and self.size + len(chunk) > self.expected_size:
+            raise DigestMismatchError(f"blob {self.digest}: the registry sent more than the "
+                                      f"{self.expected_size} bytes its descriptor states")
+        self._fh.write(chunk)
+        self._hash.update(chunk)
+        self.size += len(chunk)
+
+    def commit(self) -> None:
+        """Verify size and digest, then rename into place (atomic)."""
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        got = "sha256:" + self._hash.hexdigest()
+        if self.expected_size is not None and self.size != self.expected_size:
+            raise DigestMismatchError(f"blob {self.digest}: received {self.size} bytes, "
+                                      f"descriptor states {self.expected_size}")
+        if got != self.digest:
+            raise DigestMismatchError(f"blob {self.digest}: received bytes hash to {got}; "
+                                      "the download was corrupted (nothing was cached)")
+        os.replace(self.tmp, self.final)
+
+    def abort(self) -> None:
+        """Drop the partial download."""
+        if not self._fh.closed:
+            self._fh.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+class Store:
+    """A directory of verified content, keyed by sha256 digest."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).expanduser()
+        self.blob_dir = self.root / "blobs" / "sha256"
+        self.tmp_dir = self.root / "tmp"
+        try:
+            self.blob_dir.mkdir(parents=True, exist_ok=True)
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cache {self.root}: cannot create it ({exc.strerror}); "
+                             "choose another with --cache or cache: in mirror.yaml") from None
+
+    def blob_path(self, digest: str) -> Path:
+        return self.blob_dir / digest_hex(digest)
+
+    def has(self, digest: str) -> bool:
+        return self.blob_path(digest).is_file()
+
+    def size(self, digest: str) -> int:
+        return self.blob_path(digest).stat().st_size
+
+    def read(self, digest: str) -> bytes:
+        """Small content (manifests, configs), verified on the way out."""
+        data = self.blob_path(digest).read_bytes()
+        if sha256_digest(data) != digest:
+            self.evict(digest)
+            raise DigestMismatchError(f"cache entry {digest} was corrupt and has been removed; run again")
+        return data
+
+    def put(self, digest: str, data: bytes) -> None:
+        """Store bytes already in memory (manifests), verified, atomically."""
+        if self.has(digest):
+            return
+        w = self.begin(digest, len(data))
+        try:
+            w.write(data)
+            w.commit()
+        finally:
+            w.abort()
+
+    def begin(self, digest: str, size: int | None) -> BlobWriter:
+        return BlobWriter(self, digest, size)
+
+    def evict(self, digest: str) -> None:
+        self.blob_path(digest).unlink(missing_ok=True)
+
+    @contextmanager
+    def lock(self, wait: float = 0.0):
+        """Hold the cache for this run; LockHeldError (exit 3) names the holder after `wait` s."""
+        path = self.root / "lock"
+        fh = open(path, "a+")
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    fh.seek(0)
+                    holder = fh.read().strip() or "another process"
+                    fh.close()
+                    raise LockHeldError(f"cache {self.root} is in use by {holder}; another imgmirror run "
+                                        "is mirroring into it. Wait for it, or pass --wait-lock SECONDS")
+                time.sleep(0.2)
+        try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                     f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
+            fh.flush()
+            # Whoever held the lock before is gone: its partial downloads are garbage.
+            for stale in self.tmp_dir.iterdir():
+                stale.unlink(missing_ok=True)
+            yield self
+        finally:
+            fh.seek(0)
+            fh.truncate()
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            fh.close()

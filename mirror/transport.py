@@ -1,0 +1,261 @@
+"""HTTP to one registry host: TLS choice, authentication, retries, error mapping.
+
+`Transport.open()` returns a response whose status is known good (2xx, or one the caller asked
+to see); every aiohttp error and unwanted status is mapped here, once, to the MirrorError tree.
+Auth is a thin layer (challenge -> token cache -> header); retries are a tenacity policy kept as
+data (which statuses, how long to wait).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import json
+import re
+import ssl
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+from tenacity import (AsyncRetrying, retry_if_exception_type, stop_after_attempt, stop_after_delay,
+                      wait_random_exponential)
+
+from .credentials import Credentials
+from .errors import AuthError, NotFoundError, RegistryError, TransientError
+from .reference import is_loopback
+
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+MAX_RETRY_AFTER = 60.0        # never sleep longer than this on one Retry-After
+MAX_TOTAL_WAIT = 300.0        # nor retry one request for longer than this in all
+TOKEN_DEFAULT_TTL = 60        # seconds, when the token server gives no expires_in
+_PARAM_RE = re.compile(r'([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))')
+
+
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    """Split `Bearer realm="…",service="…",scope="a:b:pull,push"` into scheme and parameters."""
+    scheme, _, rest = header.strip().partition(" ")
+    params = {m.group(1).lower(): (m.group(2) if m.group(2) is not None else m.group(3)).replace('\\"', '"')
+              for m in _PARAM_RE.finditer(rest)}
+    return scheme.lower(), params
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when - (time.time() if now is None else now))
+
+
+def redact_url(url: str) -> str:
+    """A URL fit for messages: no query string (presigned URLs carry signatures there), no userinfo."""
+    parts = urlsplit(str(url))
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _wait_policy(retry_state) -> float:
+    """Honour Retry-After when the server gave one; else exponential backoff with full jitter."""
+    exc = retry_state.outcome.exception() if retry_state.outcome else None
+    if isinstance(exc, TransientError) and exc.retry_after is not None:
+        return min(exc.retry_after, MAX_RETRY_AFTER)
+    return wait_random_exponential(multiplier=0.2, max=10)(retry_state)
+
+
+@dataclass
+class HostSettings:
+    """How to reach one registry host."""
+
+    host: str                  # as written in references, e.g. docker.io
+    api_host: str              # where the API lives, e.g. registry-1.docker.io
+    insecure: bool = False
+    ca_file: str | None = None
+    retries: int = 5
+    max_concurrency: int = 8
+
+    @property
+    def scheme(self) -> str:
+        # Docker's convention: loopback registries speak plain HTTP; `insecure` means the same.
+        if (is_loopback(self.api_host) or self.insecure) and not self.ca_file:
+            return "http"
+        return "https"
+
+    def ssl_context(self):
+        """The TLS setting for aiohttp: verified by default, a private CA, or no verification."""
+        if self.scheme == "http":
+            return None
+        if self.ca_file:
+            return ssl.create_default_context(cafile=self.ca_file)
+        return False if self.insecure else True
+
+
+class Transport:
+    """Authenticated, retried HTTP to one registry host."""
+
+    def __init__(self, session: aiohttp.ClientSession, settings: HostSettings,
+                 credentials: Credentials | None, timeout: aiohttp.ClientTimeout | None = None):
+        self.session, self.settings, self.credentials = session, settings, credentials
+        self.base = f"{settings.scheme}://{settings.api_host}"
+        self.ssl = settings.ssl_context()
+        # Held by callers around a whole operation (a blob is one request for its whole body).
+        self.limit = asyncio.Semaphore(settings.max_concurrency)
+        self.timeout = timeout or aiohttp.ClientTimeout(total=None, connect=30, sock_read=60)
+        self._challenge: tuple[str, dict[str, str]] | None = None
+        self._tokens: dict[frozenset, tuple[str, float]] = {}
+        self._token_locks: dict[frozenset, asyncio.Lock] = {}
+
+    # --- auth -----------------------------------------------------------------------------
+    def _basic(self) -> str:
+        c = self.credentials
+        return "Basic " + base64.b64encode(f"{c.username}:{c.password}".encode()).decode()
+
+    async def _auth_header(self, scopes: frozenset) -> str | None:
+        if self._challenge is None:
+            return None
+        scheme, params = self._challenge
+        if scheme == "basic":
+            if not self.credentials or not self.credentials.password:
+                raise AuthError(f"{self.settings.host}: the registry asks for a username and password; "
+                                "add them under registries in mirror.yaml or `docker login`", status=401)
+            return self._basic()
+        if scheme == "bearer":
+            cached = self._tokens.get(scopes)
+            if cached and cached[1] > time.monotonic():
+                return f"Bearer {cached[0]}"
+            lock = self._token_locks.setdefault(scopes, asyncio.Lock())
+            async with lock:   # many requests wanting one scope fetch one token
+                cached = self._tokens.get(scopes)
+                if not (cached and cached[1] > time.monotonic()):
+                    cached = await self._fetch_token(params, scopes)
+                    self._tokens[scopes] = cached
+            return f"Bearer {cached[0]}"
+        return None
+
+    async def _fetch_token(self, params: dict[str, str], scopes: frozenset) -> tuple[str, float]:
+        realm = params.get("realm")
+        if not realm:
+            raise AuthError(f"{self.settings.host}: Bearer challenge without a realm", status=401)
+        query = [("service", params["service"])] if params.get("service") else []
+        query += [("scope", s) for s in sorted(scopes)]
+        headers, c = {}, self.credentials
+        try:
+            if c and c.identity_token:
+                form = dict(query, grant_type="refresh_token", refresh_token=c.identity_token,
+                            client_id="imgmirror", scope=" ".join(sorted(scopes)))
+                resp = await self.session.post(realm, data=form, ssl=self.ssl, timeout=self.timeout)
+            else:
+                if c and c.password:
+                    headers["Authorization"] = self._basic()
+                resp = await self.session.get(realm, params=query, headers=headers, ssl=self.ssl,
+                                              timeout=self.timeout)
+            async with resp:
+                body = await resp.read()
+                if resp.status in (401, 403):
+                    who = "the credentials given were refused" if c else "anonymous access was refused"
+                    raise AuthError(f"{self.settings.host}: token server {redact_url(realm)}: {who} "
+                                    f"({resp.status}); check the username and password or token",
+                                    status=resp.status)
+                if resp.status in RETRY_STATUSES:
+                    raise TransientError(f"{self.settings.host}: token server answered {resp.status}",
+                                         status=resp.status,
+                                         retry_after=parse_retry_after(resp.headers.get("Retry-After")))
+                if resp.status != 200:
+                    raise AuthError(f"{self.settings.host}: token server answered {resp.status}",
+                                    status=resp.status)
+        except aiohttp.ClientError as exc:
+            raise TransientError(f"{self.settings.host}: token server {redact_url(realm)} "
+                                 f"unreachable ({exc.__class__.__name__})") from None
+        try:
+            data = json.loads(body)
+            token = data.get("token") or data.get("access_token")
+        except (ValueError, AttributeError):
+            token = None
+        if not token:
+            raise AuthError(f"{self.settings.host}: token server gave no token", status=resp.status)
+        ttl = data.get("expires_in") or TOKEN_DEFAULT_TTL
+        # Refresh a little early so a token does not expire between the check and the request.
+        return token, time.monotonic() + max(1.0, float(ttl) - 10)
+
+    # --- requests -------------------------------------------------------------------------
+    async def open(self, method: str, url: str, *, scopes: frozenset, headers: dict | None = None,
+                   ok: tuple[int, ...] = (200,), what: str = "") -> aiohttp.ClientResponse:
+        """Send a request (retried, authenticated) and return the open response; caller closes it."""
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(TransientError),
+            stop=stop_after_attempt(self.settings.retries + 1) | stop_after_delay(MAX_TOTAL_WAIT),
+            wait=_wait_policy, reraise=True)
+        async for attempt in retrying:
+            with attempt:
+                return await self._open_once(method, url, scopes, headers or {}, ok, what)
+        raise AssertionError("unreachable")
+
+    async def _open_once(self, method, url, scopes, headers, ok, what):
+        full = url if url.startswith(("http://", "https://")) else self.base + url
+        for auth_try in (0, 1):
+            hdrs = dict(headers)
+            auth = await self._auth_header(scopes)
+            if auth:
+                hdrs["Authorization"] = auth
+            try:
+                resp = await self.session.request(method, full, headers=hdrs, ssl=self.ssl,
+                                                  timeout=self.timeout, allow_redirects=True)
+            except aiohttp.ClientSSLError as exc:
+                raise RegistryError(f"{self.settings.host}: TLS failed ({exc.__class__.__name__}); "
+                                    "give the registry's CA as ca_file, or set insecure: true") from None
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                raise TransientError(f"{self.settings.host}: {method} {redact_url(full)}: "
+                                     f"{exc.__class__.__name__} {exc}".strip()) from None
+            if resp.status == 401 and auth_try == 0 and self._learn_challenge(resp, auth):
+                resp.release()
+                continue
+            break
+        if resp.status in ok:
+            return resp
+        await self._raise_for(resp, method, full, what)
+
+    def _learn_challenge(self, resp, sent_auth: str | None) -> bool:
+        """Take the 401's challenge; True when a retry with (new) credentials makes sense."""
+        header = resp.headers.get("WWW-Authenticate", "")
+        if not header:
+            return False
+        challenge = parse_challenge(header)
+        first = self._challenge is None
+        self._challenge = challenge
+        if challenge[0] == "bearer" and sent_auth:
+            self._tokens.clear()   # expired or too narrow: fetch a fresh one, once
+            return True
+        return first or not sent_auth
+
+    async def _raise_for(self, resp, method, url, what):
+        body = await resp.read()
+        resp.release()
+        code, message = None, ""
+        try:
+            err = json.loads(body)["errors"][0]
+            code, message = err.get("code"), err.get("message", "")
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            pass
+        status = resp.status
+        subject = what or f"{method} {redact_url(url)}"
+        detail = f"{status}{' ' + code if code else ''}{': ' + message if message else ''}"
+        if status in RETRY_STATUSES:
+            raise TransientError(f"{self.settings.host}: {subject}: {detail}", status=status, code=code,
+                                 retry_after=parse_retry_after(resp.headers.get("Retry-After")))
+        if status in (401, 403):
+            hint = ("check the credentials (registries in mirror.yaml, docker login)" if self.credentials
+                    else "no credentials found; add them under registries in mirror.yaml or `docker login`")
+            raise AuthError(f"{self.settings.host}: {subject}: access denied ({detail}); {hint}",
+                            status=status, code=code)
+        if status == 404:
+            raise NotFoundError(f"{self.settings.host}: {subject}: not found ({detail})", status=status, code=code)
+        raise RegistryError(f"{self.settings.host}: {subject}: {detail}", status=status, code=code)
