@@ -1,0 +1,113 @@
+"""An HTTP proxy in front of a real registry that injects the faults a registry will not produce
+on demand: 429/503 answers, connections cut mid-body, flipped bytes.
+
+It runs in its own thread and event loop, so the code under test (which runs its own
+`asyncio.run`) talks to it like to any remote server. A `rule(request, n)` callable decides,
+for the n-th request (0-based) matching nothing in particular, what to do:
+    None                      forward unchanged
+    ("status", code, headers) answer with that status and an error body
+    ("cut", nbytes)           forward, but drop the connection after nbytes of body
+    ("flip", offset)          forward, with the byte at `offset` of the body inverted
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "host", "content-length"}
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    query: str
+    headers: dict
+    action: object = None
+
+
+@dataclass
+class FaultProxy:
+    upstream: str                     # "http://127.0.0.1:PORT"
+    rule: object = None               # callable(Seen, index) -> action
+    seen: list[Seen] = field(default_factory=list)
+    port: int = 0
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> "FaultProxy":
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
+        self._thread.start()
+        assert ready.wait(10), "fault proxy did not start"
+        return self
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    def requests(self, method: str | None = None, contains: str = "") -> list[Seen]:
+        return [s for s in self.seen if (not method or s.method == method) and contains in s.path]
+
+    def _run(self, ready: threading.Event) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._loop.run_until_complete(self._serve(ready))
+        self._loop.close()
+
+    async def _serve(self, ready: threading.Event) -> None:
+        self._stop = asyncio.Event()
+        self._session = aiohttp.ClientSession(auto_decompress=False)
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = runner.addresses[0][1]
+        ready.set()
+        await self._stop.wait()
+        await self._session.close()
+        await runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        seen = Seen(request.method, request.path, request.query_string, dict(request.headers))
+        index = len(self.seen)
+        self.seen.append(seen)
+        action = self.rule(seen, index) if self.rule else None
+        seen.action = action
+        if action and action[0] == "status":
+            _, code, headers = action
+            return web.json_response({"errors": [{"code": "INJECTED", "message": f"injected {code}"}]},
+                                     status=code, headers=headers)
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
+        url = f"{self.upstream}{request.path_qs}"
+        async with self._session.request(request.method, url, headers=headers, data=body or None,
+                                         allow_redirects=False) as up:
+            out = web.StreamResponse(status=up.status, headers={
+                k: v for k, v in up.headers.items() if k.lower() not in HOP_HEADERS - {"content-length"}})
+            if up.headers.get("Content-Length"):
+                out.content_length = int(up.headers["Content-Length"])
+            await out.prepare(request)
+            if request.method == "HEAD":
+                return out
+            sent = 0
+            async for chunk in up.content.iter_chunked(65536):
+                if action and action[0] == "cut" and sent + len(chunk) >= action[1]:
+                    await out.write(chunk[: action[1] - sent])
+                    request.transport.close()      # the client sees a body that ends early
+                    return out
+                if action and action[0] == "flip" and sent <= action[1] < sent + len(chunk):
+                    i = action[1] - sent
+                    chunk = chunk[:i] + bytes([chunk[i] ^ 0xFF]) + chunk[i + 1:]
+                await out.write(chunk)
+                sent += len(chunk)
+            await out.write_eof()
+            return out
