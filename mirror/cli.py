@@ -69,7 +69,7 @@ def cmd_sync(args) -> int:
     spec = load_spec(args.manifest)      # validation before any network request
     cache = args.cache or spec.cache
     if cache and not args.cache and not os.path.isabs(os.path.expanduser(cache)):
-        cache = os.path.join(os.path.dirname(args.manifest) or ".", cache)
+        cache = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(args.manifest)), cache))
     store = Store(cache or default_cache_dir())
     verbosity = -1 if args.quiet else args.verbose
     progress = make_progress(args.progress, verbosity)

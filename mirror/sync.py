@@ -240,4 +240,6 @@ class Syncer:
             .replace("{time}", time.strftime("%H%M%S", now))
         path = os.path.expanduser(path)
         # Relative to the manifest, so a cron job's working directory does not matter.
-        return path if os.path.isabs(path) else os.path.join(os.path.dirname(self.spec.path) or ".", path)
+        if not os.path.isabs(path):
+            path = os.path.join(os.path.dirname(os.path.abspath(self.spec.path)), path)
+        return os.path.normpath(path)

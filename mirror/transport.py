@@ -85,8 +85,9 @@ class HostSettings:
 
     @property
     def scheme(self) -> str:
-        # Docker's convention: loopback registries speak plain HTTP; `insecure` means the same.
-        if (is_loopback(self.api_host) or self.insecure) and not self.ca_file:
+        # Docker's convention: loopback registries speak plain HTTP. An `insecure` one is tried
+        # with HTTPS (unverified) first and falls back to HTTP, as Docker's insecure-registries do.
+        if is_loopback(self.api_host) and not self.ca_file:
             return "http"
         return "https"
 
@@ -110,6 +111,7 @@ class Transport:
         # Held by callers around a whole operation (a blob is one request for its whole body).
         self.limit = asyncio.Semaphore(settings.max_concurrency)
         self.timeout = timeout or aiohttp.ClientTimeout(total=None, connect=30, sock_read=60)
+        self._may_fall_back = settings.insecure and self.base.startswith("https:")
         self._challenge: tuple[str, dict[str, str]] | None = None
         self._tokens: dict[frozenset, tuple[str, float]] = {}
         self._token_locks: dict[frozenset, asyncio.Lock] = {}
@@ -209,9 +211,20 @@ class Transport:
             try:
                 resp = await self.session.request(method, full, headers=hdrs, ssl=self.ssl,
                                                   timeout=self.timeout, allow_redirects=True)
-            except aiohttp.ClientSSLError as exc:
-                raise RegistryError(f"{self.settings.host}: TLS failed ({exc.__class__.__name__}); "
-                                    "give the registry's CA as ca_file, or set insecure: true") from None
+            except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError,
+                    aiohttp.ClientOSError) as exc:
+                if self._may_fall_back and full.startswith(self.base):
+                    # insecure: true and HTTPS does not answer: this registry speaks plain HTTP.
+                    self._may_fall_back = False
+                    self.base = "http://" + self.base.removeprefix("https://")
+                    self.ssl = None
+                    full = self.base + full.removeprefix("https://" + self.settings.api_host)
+                    return await self._open_once(method, full, scopes, headers, ok, what)
+                if isinstance(exc, aiohttp.ClientSSLError):
+                    raise RegistryError(f"{self.settings.host}: TLS failed ({exc.__class__.__name__}); "
+                                        "give the registry's CA as ca_file, or set insecure: true") from None
+                raise TransientError(f"{self.settings.host}: {method} {redact_url(full)}: "
+                                     f"{exc.__class__.__name__} {exc}".strip()) from None
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 raise TransientError(f"{self.settings.host}: {method} {redact_url(full)}: "
                                      f"{exc.__class__.__name__} {exc}".strip()) from None
