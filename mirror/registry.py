@@ -61,9 +61,9 @@ class Registry:
                     raise TransientError(f"{what}: connection lost ({exc.__class__.__name__})") from None
                 return raw, resp.headers.get("Content-Type", "")
 
-    async def list_tags(self, repo: str) -> list[str]:
+    async def list_tags(self, repo: str, page_size: int = 1000) -> list[str]:
         """Every tag of a repository, following `Link: <…>; rel="next"` to the end."""
-        url = f"/v2/{repo}/tags/list?n=1000"
+        url = f"/v2/{repo}/tags/list?n={page_size}"
         tags: list[str] = []
         for _ in range(MAX_TAG_PAGES):
             async with self.t.limit:

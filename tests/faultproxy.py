@@ -8,6 +8,8 @@ for the n-th request (0-based) matching nothing in particular, what to do:
     ("status", code, headers) answer with that status and an error body
     ("cut", nbytes)           forward, but drop the connection after nbytes of body
     ("flip", offset)          forward, with the byte at `offset` of the body inverted
+    ("redirect", url)         answer 307 to `url`
+    ("stall", seconds)        forward the headers and a little body, then wait that long
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class FaultProxy:
     rule: object = None               # callable(Seen, index) -> action
     seen: list[Seen] = field(default_factory=list)
     port: int = 0
+    upstream_headers: dict = field(default_factory=dict)   # added to every forwarded request
 
     @property
     def host(self) -> str:
@@ -66,7 +69,7 @@ class FaultProxy:
         self._session = aiohttp.ClientSession(auto_decompress=False)
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, access_log=None)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
@@ -86,8 +89,11 @@ class FaultProxy:
             _, code, headers = action
             return web.json_response({"errors": [{"code": "INJECTED", "message": f"injected {code}"}]},
                                      status=code, headers=headers)
+        if action and action[0] == "redirect":
+            raise web.HTTPTemporaryRedirect(action[1])
         body = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
+        headers.update(self.upstream_headers)
         url = f"{self.upstream}{request.path_qs}"
         async with self._session.request(request.method, url, headers=headers, data=body or None,
                                          allow_redirects=False) as up:
@@ -104,6 +110,8 @@ class FaultProxy:
                     await out.write(chunk[: action[1] - sent])
                     request.transport.close()      # the client sees a body that ends early
                     return out
+                if action and action[0] == "stall" and sent > 0:
+                    await asyncio.sleep(action[1])
                 if action and action[0] == "flip" and sent <= action[1] < sent + len(chunk):
                     i = action[1] - sent
                     chunk = chunk[:i] + bytes([chunk[i] ^ 0xFF]) + chunk[i + 1:]
