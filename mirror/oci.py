@@ -72,7 +72,7 @@ class Descriptor:
     urls: tuple[str, ...] = ()
 
     @classmethod
-    def from_json(cls, obj: Any, where: str) -> "Descriptor":
+    def from_json(cls, obj: Any, where: str) -> Descriptor:
         """Read a descriptor object, refusing ones whose fields are missing or malformed."""
         if not isinstance(obj, dict):
             raise UnsupportedManifestError(f"{where}: descriptor is not an object")

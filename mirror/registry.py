@@ -57,7 +57,7 @@ class Registry:
                         raw += more
                         if len(raw) > MAX_MANIFEST_BYTES:
                             raise RegistryError(f"{what}: larger than {MAX_MANIFEST_BYTES} bytes; refused")
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, aiohttp.ClientError) as exc:
                     raise TransientError(f"{what}: connection lost ({exc.__class__.__name__})") from None
                 return raw, resp.headers.get("Content-Type", "")
 
@@ -117,7 +117,7 @@ class Registry:
                     writer.write(chunk)
                     if on_bytes:
                         on_bytes(len(chunk))
-            except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
+            except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
                 raise TransientError(f"{what}: connection lost after {writer.size} bytes "
                                      f"({exc.__class__.__name__}); resuming") from None
         if writer.expected_size is not None and writer.size < writer.expected_size:

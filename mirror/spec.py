@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ _FILTER_KEYS = {"include", "exclude", "semver", "latest"}
 DEFAULT_OUTPUT = "bundles/mirror-{date}.tar"
 DEFAULT_CONCURRENCY = 8
 DEFAULT_RETRIES = 5
+_NULL = "tag:yaml.org,2002:null"
 
 
 @dataclass(frozen=True)
@@ -91,11 +93,31 @@ def parse_spec(text: str, name: str, env) -> MirrorSpec:
     """Validate manifest text; `name` is used in messages, `env` for ${VAR} expansion."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise SpecError(f"not valid YAML: {getattr(exc, 'problem', None) or exc}", file=name,
+    except yaml.MarkedYAMLError as exc:
+        mark, context = exc.problem_mark or exc.context_mark, exc.context
+        if context and exc.context_mark and mark and exc.context_mark.line != mark.line:
+            context += f" started on line {exc.context_mark.line + 1}"   # often the real culprit
+        reason = exc.problem or exc.context or "cannot be read"
+        if context and exc.problem:   # "expected X" + "but found Y" reads as one sentence
+            reason = f"{context} {reason}" if reason.startswith("but ") else f"{reason} ({context})"
+        raise SpecError(f"not valid YAML: {reason}", file=name,
                         line=mark.line + 1 if mark else None) from None
+    except yaml.reader.ReaderError as exc:   # a control character, or bytes that are not UTF-8
+        line = text.count("\n", 0, exc.position) + 1 if isinstance(text, str) else None
+        raise SpecError(f"not valid YAML: {exc.reason} (found character #x{exc.character:04x}); "
+                        "remove it", file=name, line=line) from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"not valid YAML: {exc}", file=name) from None
+    except RecursionError:   # the composer recurses once per level of nesting
+        raise SpecError("lists or mappings nested too deeply to read", file=name) from None
     return _Reader(name, env).spec(root)
+
+
+def _shown(node) -> str:
+    """What a node holds, for "expected X, not Y" messages."""
+    if isinstance(node, yaml.ScalarNode):
+        return "an empty value" if node.tag == _NULL else repr(node.value)
+    return "a list" if isinstance(node, yaml.SequenceNode) else "a mapping"
 
 
 class _Reader:
@@ -111,11 +133,13 @@ class _Reader:
     # --- scalar helpers -------------------------------------------------------------------
     def mapping(self, node, path: str, allowed: set[str]) -> dict[str, tuple]:
         if not isinstance(node, yaml.MappingNode):
-            self.fail(node, path, "expected a mapping (key: value)")
+            self.fail(node, path, f"expected a mapping (key: value), not {_shown(node)}")
         out: dict[str, tuple] = {}
         for knode, vnode in node.value:
-            key = knode.value if isinstance(knode, yaml.ScalarNode) else None
-            where = f"{path}.{key}" if path else str(key)
+            if not isinstance(knode, yaml.ScalarNode):
+                self.fail(knode, path, f"a key must be a plain name, not {_shown(knode)}")
+            key = knode.value
+            where = f"{path}.{key}" if path else key
             if key not in allowed:
                 hint = ", ".join(sorted(allowed))
                 self.fail(knode, where, f"unknown key {key!r} (allowed here: {hint})")
@@ -125,8 +149,8 @@ class _Reader:
         return out
 
     def string(self, node, path: str) -> str:
-        if not isinstance(node, yaml.ScalarNode) or node.tag == "tag:yaml.org,2002:null":
-            self.fail(node, path, "expected a string")
+        if not isinstance(node, yaml.ScalarNode) or node.tag == _NULL:
+            self.fail(node, path, f"expected a string, not {_shown(node)}")
         def sub(m):
             var = m.group(1)
             if var not in self.env:
@@ -142,19 +166,17 @@ class _Reader:
             except ValueError:
                 pass
         if value is None or not low <= value <= high:
-            self.fail(node, path, f"expected a whole number from {low} to {high}")
+            self.fail(node, path, f"expected a whole number from {low} to {high}, not {_shown(node)}")
         return value
 
     def boolean(self, node, path: str) -> bool:
         if not (isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:bool"):
-            self.fail(node, path, "expected true or false")
+            self.fail(node, path, f"expected true or false, not {_shown(node)}")
         return node.value.lower() in ("true", "yes", "on")
 
     def string_list(self, node, path: str) -> list[tuple[str, object, str]]:
-        if isinstance(node, yaml.ScalarNode) and node.tag != "tag:yaml.org,2002:null":
-            self.fail(node, path, "expected a list, e.g. [a, b]")
         if not isinstance(node, yaml.SequenceNode):
-            self.fail(node, path, "expected a list")
+            self.fail(node, path, f"expected a list, e.g. [a, b], not {_shown(node)}")
         return [(self.string(n, f"{path}[{i}]"), n, f"{path}[{i}]") for i, n in enumerate(node.value)]
 
     def platforms(self, node, path: str) -> tuple[Platform, ...]:
@@ -172,17 +194,23 @@ class _Reader:
     def spec(self, root) -> MirrorSpec:
         if root is None:
             self.fail(None, "", "the file is empty; see mirror.example.yaml")
+        if not isinstance(root, yaml.MappingNode):
+            self.fail(root, "", f"expected a mapping with `version: 1` and `images:` at the top "
+                      f"level, not {_shown(root)}")
         top = self.mapping(root, "", _TOP_KEYS)
         if "version" not in top:
             self.fail(root, "version", "missing; add `version: 1` at the top")
         knode, vnode, _ = top["version"]
         if not (isinstance(vnode, yaml.ScalarNode) and vnode.value == "1"):
-            self.fail(vnode, "version", f"unsupported version {vnode.value!r}; this imgmirror reads version 1")
+            if isinstance(vnode, yaml.ScalarNode) and vnode.tag != _NULL:
+                self.fail(vnode, "version", f"unsupported version {vnode.value!r}; this imgmirror reads version 1")
+            self.fail(vnode, "version", f"expected `version: 1`, not {_shown(vnode)}")
         kw: dict = {}
-        if "output" in top:
-            kw["output"] = self.string(top["output"][1], "output")
-        if "cache" in top:
-            kw["cache"] = self.string(top["cache"][1], "cache")
+        for key in ("output", "cache"):
+            if key in top:
+                kw[key] = self.string(top[key][1], key)
+                if not kw[key].strip():
+                    self.fail(top[key][1], key, "empty; give a path, or omit the key for the default")
         if "concurrency" in top:
             kw["concurrency"] = self.integer(top["concurrency"][1], "concurrency", 1, 256)
         if "platforms" in top:
@@ -207,10 +235,11 @@ class _Reader:
             self.fail(node, "registries", "expected a mapping of registry host -> settings")
         out = {}
         for knode, vnode in node.value:
-            host = str(knode.value).lower()
-            path = f"registries.{host}"
-            if "/" in host or not host:
-                self.fail(knode, path, "expected a registry host such as ghcr.io or registry.internal:5000")
+            if not isinstance(knode, yaml.ScalarNode):
+                self.fail(knode, "registries", f"a key must be a registry host, not {_shown(knode)}")
+            path, host = f"registries.{knode.value}", self.host(knode)
+            if host in out:
+                self.fail(knode, path, f"registry {host} given twice (host names ignore case)")
             fields = self.mapping(vnode, path, _REGISTRY_KEYS)
             kw: dict = {}
             for key in ("username", "password", "ca_file"):
@@ -223,18 +252,38 @@ class _Reader:
             if "retries" in fields:
                 kw["retries"] = self.integer(fields["retries"][1], fields["retries"][2], 0, 100)
             if ("username" in kw) != ("password" in kw):
-                self.fail(vnode, path, "give both username and password, or neither")
-            if "ca_file" in kw and not os.path.isfile(os.path.expanduser(kw["ca_file"])):
-                self.fail(fields["ca_file"][1], fields["ca_file"][2], f"file {kw['ca_file']!r} does not exist")
+                given, missing = ("username", "password") if "username" in kw else ("password", "username")
+                self.fail(fields[given][0], path, f"{given} without {missing}; give both, or neither "
+                          "to use docker's credentials")
+            if "ca_file" in kw and not os.path.isfile(ca_file := os.path.expanduser(kw["ca_file"])):
+                problem = "is a directory" if os.path.isdir(ca_file) else "does not exist"
+                self.fail(fields["ca_file"][1], fields["ca_file"][2], f"file {kw['ca_file']!r} {problem}; "
+                          "give the path of the registry's CA certificate (PEM)")
             out[host] = RegistryConfig(**kw)
         return out
 
+    def host(self, knode) -> str:
+        """A `registries:` key, as the registry of a reference would spell it."""
+        host = knode.value.strip().lower()
+        try:   # a host is what reference parsing takes as one: localhost, or a "." or ":" in it
+            ref = parse_reference(f"{host}/x")
+        except ReferenceError_:
+            ref = None
+        if ref is None or "/" in host or not (host == "localhost" or "." in host or ":" in host):
+            self.fail(knode, f"registries.{knode.value}", f"{knode.value!r} is not a registry host; "
+                      "write it as in references, e.g. ghcr.io, localhost:5000 or registry.internal:5000")
+        return ref.registry   # index.docker.io -> docker.io, as references are normalised
+
     def images(self, node) -> tuple[ImageSpec, ...]:
-        if not isinstance(node, yaml.SequenceNode) or not node.value:
-            self.fail(node, "images", "expected a non-empty list of images")
+        if not isinstance(node, yaml.SequenceNode):
+            self.fail(node, "images", f"expected a list of images, not {_shown(node)}")
+        if not node.value:
+            self.fail(node, "images", "empty list; list at least one image to mirror")
         return tuple(self.image(n, f"images[{i}]") for i, n in enumerate(node.value))
 
     def image(self, node, path: str) -> ImageSpec:
+        if isinstance(node, yaml.ScalarNode) and node.tag == _NULL:
+            self.fail(node, path, "empty entry; name an image, e.g. `- alpine:3.19`")
         if isinstance(node, yaml.ScalarNode):   # shorthand: "- alpine:3.19"
             fields = {"source": (node, node, f"{path}.source")}
         else:
@@ -256,10 +305,11 @@ class _Reader:
             else:
                 tags = []
                 for tag, n, w in self.string_list(tnode, twhere):
-                    try:
-                        parse_reference(f"{ref.name}:{tag}")
+                    try:   # with_tag checks the tag alone: "1.0@sha256:..." is no tag
+                        ref.with_tag(tag)
                     except ReferenceError_:
-                        self.fail(n, w, f"{tag!r} is not a valid tag (letters, digits, _ . -; at most 128)")
+                        self.fail(n, w, f"{tag!r} is not a valid tag (letters, digits, '_', '.' and '-', "
+                                  "not starting with '.' or '-'; at most 128 characters)")
                     tags.append(tag)
                 if not tags:
                     self.fail(tnode, twhere, "empty list; list tags, or use include/semver/latest to select")
@@ -269,10 +319,13 @@ class _Reader:
             digests = []
             for d, n, w in self.string_list(dnode, dwhere):
                 try:
-                    parse_reference(f"{ref.name}@{d}")
+                    ref.with_digest(d)
                 except ReferenceError_:
-                    self.fail(n, w, f"{d!r} is not a valid digest (sha256:<64 hex>)")
+                    self.fail(n, w, f"{d!r} is not a valid digest (algorithm:hex, e.g. sha256: and "
+                              "64 lowercase hex characters)")
                 digests.append(d)
+            if not digests:
+                self.fail(dnode, dwhere, "empty list; list digests, or omit the key")
             kw["digests"] = tuple(dict.fromkeys(digests))
         if ref.tag or ref.digest:
             if "tags" in fields or "digests" in fields:
@@ -297,7 +350,17 @@ class _Reader:
         kw: dict = {}
         for key in ("include", "exclude"):
             if key in fields:
-                kw[key] = tuple(t for t, _, _ in self.string_list(fields[key][1], fields[key][2]))
+                items = self.string_list(fields[key][1], fields[key][2])
+                for t, n, w in items:   # check_filter reports re.error; a few patterns raise others
+                    try:
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore")   # FutureWarning: "possible nested set"
+                            re.compile(t)
+                    except (re.error, ValueError):
+                        pass
+                    except (OverflowError, RecursionError) as exc:
+                        self.fail(n, w, f'invalid regular expression "{t}": {exc}')
+                kw[key] = tuple(t for t, _, _ in items)
         if "semver" in fields:
             kw["semver"] = self.string(fields["semver"][1], fields["semver"][2])
         if "latest" in fields:

@@ -29,7 +29,7 @@ def default_cache_dir(env=os.environ) -> Path:
 class BlobWriter:
     """A download in progress: hashes as it writes, lands in the store only when verified."""
 
-    def __init__(self, store: "Store", digest: str, size: int | None):
+    def __init__(self, store: Store, digest: str, size: int | None):
         self.store, self.digest, self.expected_size = store, digest, size
         self.final = store.blob_path(digest)
         self.tmp = store.tmp_dir / f"{digest_hex(digest)}.{os.getpid()}.{id(self)}.part"
@@ -138,7 +138,7 @@ class Store:
                     holder = fh.read().strip() or "another process"
                     fh.close()
                     raise LockHeldError(f"cache {self.root} is in use by {holder}; another imgmirror run "
-                                        "is mirroring into it. Wait for it, or pass --wait-lock SECONDS")
+                                        "is mirroring into it. Wait for it, or pass --wait-lock SECONDS") from None
                 time.sleep(0.2)
         try:
             fh.seek(0)

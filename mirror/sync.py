@@ -96,7 +96,7 @@ class Syncer:
         async with aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                          trust_env=True) as session:
             refs_per_spec = await asyncio.gather(*(self.expand(session, s) for s in self.spec.images))
-            work = [(s, r) for s, rs in zip(self.spec.images, refs_per_spec) for r in rs]
+            work = [(s, r) for s, rs in zip(self.spec.images, refs_per_spec, strict=True) for r in rs]
             self.progress.images_total(len(work))
             tasks = [asyncio.ensure_future(self.mirror_one(session, s, r)) for s, r in work]
             try:
@@ -163,13 +163,22 @@ class Syncer:
                                    "from its own URLs by whoever pulls the image)")
             if not self.opts.dry_run:
                 self.progress.bytes_total(report.new_bytes)
-                await asyncio.gather(*(self.blob(reg, ref.repository, d) for d in missing))
+                # Wait for every blob even after one failed: what did arrive is kept for next time.
+                results = await asyncio.gather(*(self.blob(reg, ref.repository, d) for d in missing),
+                                               return_exceptions=True)
+                for r in results:
+                    if isinstance(r, BaseException):
+                        raise r
             # A single-platform image names its platform only in its config blob.
             res.images = [(p or self.config_platform(m), m) for p, m in res.images]
             report.platforms = res.platforms or sorted({str(p) for p, _ in res.images if p})
             report.status = "ok"
         except MirrorError as exc:
             report.status, report.error = "failed", str(exc)
+        except OSError as exc:   # the cache's disk: full, read-only, gone
+            report.status = "failed"
+            report.error = (f"cache {self.store.root}: {exc.strerror or exc} "
+                            f"({exc.filename or 'writing a blob'}); free space or choose --cache")
         report.seconds = round(time.monotonic() - started, 3)
         detail = (f"{report.digest} {human(report.bytes)} {report.seconds:.1f}s" if report.status == "ok"
                   else report.error)

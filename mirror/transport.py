@@ -225,7 +225,7 @@ class Transport:
                                         "give the registry's CA as ca_file, or set insecure: true") from None
                 raise TransientError(f"{self.settings.host}: {method} {redact_url(full)}: "
                                      f"{exc.__class__.__name__} {exc}".strip()) from None
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 raise TransientError(f"{self.settings.host}: {method} {redact_url(full)}: "
                                      f"{exc.__class__.__name__} {exc}".strip()) from None
             if resp.status == 401 and auth_try == 0 and self._learn_challenge(resp, auth):

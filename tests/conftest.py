@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
+from collections.abc import Callable
 
 import pytest
 

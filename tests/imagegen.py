@@ -36,7 +36,8 @@ import urllib.parse
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Iterable, Union
+from typing import Union
+from collections.abc import Iterable
 
 # --------------------------------------------------------------------------------------------
 # Media types

@@ -122,7 +122,7 @@ class LoggedRequest:
 def _self_signed_cert(common_name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -229,7 +229,7 @@ class TokenServer:
         }
         return jwt.encode(claims, self.key, algorithm="ES256", headers={"x5c": self._x5c})
 
-    def start(self, timeout: float = 10) -> "TokenServer":
+    def start(self, timeout: float = 10) -> TokenServer:
         self._thread = threading.Thread(target=self._run, name="token-server", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout):
@@ -313,7 +313,7 @@ class TokenServer:
             token = self.issue(record["scopes"], subject=user)
         except ValueError:
             return fail(400, "INVALID_SCOPE", f"bad scope in {record['scopes']!r}")
-        issued = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        issued = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return web.json_response({self.token_field: token, "expires_in": self.expires_in, "issued_at": issued})
 
 
@@ -416,7 +416,7 @@ class RegistryProcess:
         if self.token_server is not None:
             self.token_server.stop()
 
-    def __enter__(self) -> "RegistryProcess":
+    def __enter__(self) -> RegistryProcess:
         return self
 
     def __exit__(self, *exc) -> None:

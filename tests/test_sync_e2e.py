@@ -134,7 +134,7 @@ def test_docker_load_manifest(source, mixed):
     by_tag = {e["RepoTags"][0]: e for e in b.docker_manifest}
     # every tagged image with linux/amd64 is there, once; docker load needs every layer present
     assert set(by_tag) == b.refs()
-    for tag, e in by_tag.items():
+    for e in by_tag.values():
         assert e["Config"][len("blobs/sha256/"):] and e["Config"] in b.files
         assert all(layer in b.files for layer in e["Layers"])
     # skopeo's docker-archive reader (what `docker load` reads) agrees on config and layers
