@@ -292,7 +292,7 @@ def _check_regex(pattern: object) -> str | None:
                 "which Python does not support; use \\d, \\w, [a-z] and the like")
     try:
         re.compile(pattern)
-    except re.error as exc:
+    except (re.error, OverflowError, RecursionError) as exc:   # a{99999999999} overflows
         return f'invalid regular expression "{pattern}": {exc}'
     return None
 

@@ -255,7 +255,10 @@ class _Reader:
                 given, missing = ("username", "password") if "username" in kw else ("password", "username")
                 self.fail(fields[given][0], path, f"{given} without {missing}; give both, or neither "
                           "to use docker's credentials")
-            if "ca_file" in kw and not os.path.isfile(ca_file := os.path.expanduser(kw["ca_file"])):
+            if "ca_file" in kw:   # relative to the manifest, like output and cache
+                kw["ca_file"] = os.path.join(os.path.dirname(os.path.abspath(self.name)),
+                                             os.path.expanduser(kw["ca_file"]))
+            if "ca_file" in kw and not os.path.isfile(ca_file := kw["ca_file"]):
                 problem = "is a directory" if os.path.isdir(ca_file) else "does not exist"
                 self.fail(fields["ca_file"][1], fields["ca_file"][2], f"file {kw['ca_file']!r} {problem}; "
                           "give the path of the registry's CA certificate (PEM)")

@@ -81,7 +81,7 @@ class Syncer:
         """One Registry (one transport, one token cache, one host semaphore) per host."""
         host = ref.registry
         if host not in self.registries:
-            cfg = self.spec.registries.get(host, RegistryConfig())
+            cfg = self.spec.registries.get(host.lower(), RegistryConfig())   # keys are lowercased
             settings = HostSettings(host=host, api_host=ref.api_host, insecure=cfg.insecure,
                                     ca_file=os.path.expanduser(cfg.ca_file) if cfg.ca_file else None,
                                     retries=cfg.retries,
