@@ -31,7 +31,8 @@ test: deps venv
 	$(PY) -m pytest -q
 
 bench: deps venv
-	$(PY) benchmarks/bench_sync.py
+	@command -v /usr/bin/time >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq time >/dev/null; }
+	$(PY) benchmarks/bench_sync.py --out docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) .demo bundles build *.egg-info
