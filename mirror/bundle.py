@@ -1,17 +1,20 @@
 """Writing an OCI image layout (tar or directory) from the store.
 
 The tar is deterministic: the same content gives the same bytes, whatever the cache held before.
-Entries: `oci-layout`, `index.json`, `manifest.json` (for classic `docker load`), then
-`blobs/sha256/<hex>` sorted by digest; mtime 0, uid/gid 0, no user names, mode 0644/0755.
-Metadata comes first so that a reader streaming the tar knows what it holds before the blobs.
+Entries: `oci-layout`, `blobs/`, `blobs/sha256/`, then `blobs/sha256/<hex>` largest first (ties
+by digest: `blob_order`), then `index.json` and `manifest.json` (for classic `docker load`);
+mtime 0, uid/gid 0, no user names, mode 0644/0755. Blobs come before the metadata so that
+`TarWriter` can write each blob while the others are still downloading; largest first because
+the downloads start in the same order, so the last to arrive are the small ones and the tar is
+finished moments after the last download.
 It is written under a temporary name beside the target and renamed at the end, so an interrupted
-run leaves nothing at the final path. Every blob is hashed again as it is copied from the cache.
+run leaves nothing at the final path.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
-import io
 import json
 import os
 import tarfile
@@ -23,6 +26,11 @@ from .oci import ANN_CONTAINERD_NAME, ANN_REF_NAME, ANN_SOURCE_DIGEST, Descripto
 from .store import Store
 
 OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
+
+
+def blob_order(sizes: dict[str, int]) -> list[str]:
+    """The order of blobs in a bundle tar: largest first, ties by digest. Deterministic."""
+    return sorted(sizes, key=lambda d: (-sizes[d], d))
 
 
 @dataclass(frozen=True)
@@ -76,26 +84,139 @@ def _json(obj) -> bytes:
     return json.dumps(obj, indent=2, sort_keys=True).encode() + b"\n"
 
 
-class _HashingWriter(io.RawIOBase):
-    """A write-only file that hashes and counts what passes through it."""
+def _info(name: str, size: int = 0, directory: bool = False) -> bytes:
+    """A tar header with no trace of who wrote it or when."""
+    ti = tarfile.TarInfo(name)
+    ti.size, ti.mtime, ti.uid, ti.gid, ti.uname, ti.gname = size, 0, 0, 0, "", ""
+    ti.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
+    ti.mode = 0o755 if directory else 0o644
+    return ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
-    def __init__(self, fh):
-        self.fh, self.hash, self.size = fh, hashlib.sha256(), 0
 
-    def writable(self) -> bool:
-        return True
+def _tmp_beside(target: Path) -> Path:
+    return target.with_name(f".{target.name}.{os.getpid()}.tmp")
 
-    def tell(self) -> int:   # tarfile asks where it starts
-        return self.size
 
-    def write(self, b) -> int:
-        self.hash.update(b)
-        self.size += len(b)
-        return self.fh.write(b)
+def _start_writeback():
+    """Linux sync_file_range(WRITE): start flushing written pages without waiting, so the final
+    fsync has little left to do. None where it is not available."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.sync_file_range
+        fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+        return fn
+    except (OSError, AttributeError):
+        return None
+
+
+_SYNC_FILE_RANGE = _start_writeback()
+_WRITEBACK_STEP = 32 << 20
+COPY_CHUNK = 4 << 20
+
+
+class TarWriter:
+    """A bundle tar written front to back: blobs in digest order as they become available, then
+    the metadata. Hashes the tar as it goes; `finish()` renames it into place, `abort()` drops it.
+    Its methods block (file I/O): call them from a worker thread in async code."""
+
+    def __init__(self, target: Path):
+        self.target, self.tmp = Path(target), _tmp_beside(Path(target))
+        self.size, self._flushed = 0, 0
+        self._buf = bytearray(COPY_CHUNK)
+        self._view = memoryview(self._buf)
+        self._hash = hashlib.sha256()
+        try:
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.tmp, "wb", buffering=0)
+            self._write(_info("oci-layout", len(OCI_LAYOUT)) + _pad(OCI_LAYOUT))
+            self._write(_info("blobs", directory=True) + _info("blobs/sha256", directory=True))
+        except OSError as exc:
+            self.abort()
+            raise self._error(exc) from None
+
+    def _error(self, exc: OSError) -> BundleError:
+        return BundleError(f"{self.target}: cannot write the bundle ({exc.strerror or exc}); "
+                           "check free space and permissions (the cache is intact)")
+
+    def _write(self, data) -> None:
+        view = memoryview(data)
+        while view:               # an unbuffered write may take less than it was given
+            view = view[self._fh.write(view):]
+        self._hash.update(data)
+        self.size += len(data)
+        if _SYNC_FILE_RANGE and self.size - self._flushed >= _WRITEBACK_STEP:
+            self._fh.flush()
+            _SYNC_FILE_RANGE(self._fh.fileno(), self._flushed, self.size - self._flushed, 2)
+            self._flushed = self.size
+
+    def add_blob(self, store: Store, digest: str, verify: bool) -> None:
+        """Append one blob from the store (in `blob_order`); `verify` hashes it again on the way."""
+        check = hashlib.sha256() if verify else None
+        try:
+            with open(store.blob_path(digest), "rb", buffering=0) as src:
+                size = os.fstat(src.fileno()).st_size
+                self._write(_info(f"blobs/sha256/{digest_hex(digest)}", size))
+                copied = 0
+                # One buffer for every read: no allocation (and no page faults) per chunk.
+                while n := src.readinto(self._buf):
+                    chunk = self._view[:n]
+                    self._write(chunk)
+                    copied += n
+                    if check:
+                        check.update(chunk)
+                self._write(bytes(-copied % BLOCK))
+        except OSError as exc:
+            raise self._error(exc) from None
+        if check and "sha256:" + check.hexdigest() != digest:
+            store.evict(digest)
+            raise DigestMismatchError(f"cache entry {digest} was corrupt and has been removed; "
+                                      "run sync again to fetch it afresh")
+
+    def finish(self, content: BundleContent) -> tuple[int, str]:
+        """Write index.json and manifest.json, close, fsync, rename; returns (size, sha256)."""
+        try:
+            for name, data in (("index.json", content.index_json()),
+                               ("manifest.json", content.manifest_json())):
+                self._write(_info(name, len(data)) + _pad(data))
+            self._write(bytes(2 * BLOCK))                      # end-of-archive marker
+            self._write(bytes(-self.size % tarfile.RECORDSIZE))  # as tar(1) and tarfile pad
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            os.replace(self.tmp, self.target)
+        except OSError as exc:
+            self.abort()
+            raise self._error(exc) from None
+        return self.size, "sha256:" + self._hash.hexdigest()
+
+    def abort(self) -> None:
+        """Drop the partial tar."""
+        fh = getattr(self, "_fh", None)
+        if fh and not fh.closed:
+            fh.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+BLOCK = tarfile.BLOCKSIZE
+
+
+def _pad(data: bytes) -> bytes:
+    return data + bytes(-len(data) % BLOCK)
+
+
+def write_tar(target: Path, store: Store, content: BundleContent) -> tuple[int, str]:
+    """Write a whole bundle tar at once from the store; returns (size, sha256 of the tar)."""
+    writer = TarWriter(target)
+    try:
+        for digest in blob_order(content.blobs):
+            writer.add_blob(store, digest, verify=True)
+        return writer.finish(content)
+    finally:
+        writer.abort()
 
 
 class _VerifyingReader:
-    """Reads a cached blob for the tar and checks, at the end, that it is still what its name says."""
+    """Reads a cached blob and checks, at the end, that it is still what its name says."""
 
     def __init__(self, fh, digest: str):
         self.fh, self.digest, self.hash = fh, digest, hashlib.sha256()
@@ -110,49 +231,6 @@ class _VerifyingReader:
             store.evict(self.digest)
             raise DigestMismatchError(f"cache entry {self.digest} was corrupt and has been removed; "
                                       "run sync again to fetch it afresh")
-
-
-def _info(name: str, size: int = 0, directory: bool = False) -> tarfile.TarInfo:
-    ti = tarfile.TarInfo(name)
-    ti.size, ti.mtime, ti.uid, ti.gid, ti.uname, ti.gname = size, 0, 0, 0, "", ""
-    ti.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
-    ti.mode = 0o755 if directory else 0o644
-    return ti
-
-
-def _tmp_beside(target: Path) -> Path:
-    return target.with_name(f".{target.name}.{os.getpid()}.tmp")
-
-
-def write_tar(target: Path, store: Store, content: BundleContent) -> tuple[int, str]:
-    """Write the bundle as a tar at `target`; returns (size, sha256 of the tar)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_beside(target)
-    try:
-        with open(tmp, "wb") as raw:
-            hw = _HashingWriter(raw)
-            with tarfile.open(fileobj=hw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                for name, data in (("oci-layout", OCI_LAYOUT), ("index.json", content.index_json()),
-                                   ("manifest.json", content.manifest_json())):
-                    tar.addfile(_info(name, len(data)), io.BytesIO(data))
-                tar.addfile(_info("blobs", directory=True))
-                tar.addfile(_info("blobs/sha256", directory=True))
-                for digest in sorted(content.blobs):
-                    path = store.blob_path(digest)
-                    with open(path, "rb") as fh:
-                        size = os.fstat(fh.fileno()).st_size
-                        reader = _VerifyingReader(fh, digest)
-                        tar.addfile(_info(f"blobs/sha256/{digest_hex(digest)}", size), reader)
-                        reader.check(store)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, target)
-    except OSError as exc:
-        raise BundleError(f"{target}: cannot write the bundle ({exc.strerror or exc}); "
-                          "check free space and permissions (the cache is intact)") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return hw.size, "sha256:" + hw.hash.hexdigest()
 
 
 def write_dir(target: Path, store: Store, content: BundleContent) -> None:

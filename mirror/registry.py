@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import random
 from urllib.parse import urljoin
 
@@ -16,6 +17,9 @@ from .transport import Transport, redact_url
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024    # distribution's own limit
 MAX_TAG_PAGES = 10_000                  # a tag list that never ends stops here
 CHUNK = 1 << 20
+# Downloads hash and write their batches here. Few threads: on a small machine the event loop
+# and the bundle writer need the other cores; more threads only queue for the same CPUs.
+HASHERS = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="imgmirror-hash")
 
 
 def _pull(repo: str) -> frozenset:
@@ -95,7 +99,7 @@ class Registry:
                         if attempt == retries:
                             raise
                         await asyncio.sleep(min(10.0, 0.2 * 2 ** attempt) * random.random())
-                writer.commit()
+                await asyncio.to_thread(writer.commit)
             finally:
                 writer.abort()
 
@@ -112,12 +116,29 @@ class Registry:
                 if on_bytes:
                     on_bytes(-writer.size)
                 writer.reset()    # the server ignored Range: take the whole body again
-            try:
-                async for chunk in resp.content.iter_chunked(CHUNK):
-                    writer.write(chunk)
+            # Hashing and writing run in a worker thread (hashlib releases the GIL), in batches
+            # of about CHUNK bytes, so the event loop keeps receiving meanwhile.
+            batch: list[bytes] = []
+            pending = 0
+
+            async def flush() -> None:
+                nonlocal batch, pending
+                if batch:
+                    chunks, n = batch, pending
+                    batch, pending = [], 0
+                    # no join: each chunk is written and hashed with the GIL released
+                    await asyncio.get_running_loop().run_in_executor(HASHERS, writer.write, *chunks)
                     if on_bytes:
-                        on_bytes(len(chunk))
+                        on_bytes(n)
+            try:
+                async for chunk in resp.content.iter_any():   # as received, no re-chunking copy
+                    batch.append(chunk)
+                    pending += len(chunk)
+                    if pending >= CHUNK:
+                        await flush()
+                await flush()
             except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
+                await flush()    # keep what arrived before the cut: the resume starts after it
                 raise TransientError(f"{what}: connection lost after {writer.size} bytes "
                                      f"({exc.__class__.__name__}); resuming") from None
         if writer.expected_size is not None and writer.size < writer.expected_size:

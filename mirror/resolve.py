@@ -30,6 +30,10 @@ class Resolved:
     images: list[tuple[Platform | None, Manifest]] = field(default_factory=list)  # per platform
     platforms: list[str] = field(default_factory=list)
 
+    def sizes(self) -> dict[str, int]:
+        """Every digest the bundle needs for this image (manifests and blobs) and its size."""
+        return {**self.manifests, **{d: desc.size for d, desc in self.blobs.items()}}
+
 
 async def load_manifest(reg: Registry, store: Store, repo: str, ref: str, where: str) -> Manifest:
     """A manifest by digest (from the cache when there, verified when fetched) or by tag."""

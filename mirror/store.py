@@ -33,7 +33,7 @@ class BlobWriter:
         self.store, self.digest, self.expected_size = store, digest, size
         self.final = store.blob_path(digest)
         self.tmp = store.tmp_dir / f"{digest_hex(digest)}.{os.getpid()}.{id(self)}.part"
-        self._fh = open(self.tmp, "wb")
+        self._fh = open(self.tmp, "wb", buffering=0)   # chunks are large: no copy into a buffer
         self._hash = hashlib.sha256()
         self.size = 0
 
@@ -44,19 +44,25 @@ class BlobWriter:
         self._hash = hashlib.sha256()
         self.size = 0
 
-    def write(self, chunk: bytes) -> None:
+    def write(self, *chunks: bytes) -> None:
         """Append bytes; refuse more than the descriptor's size (a lying server stops here)."""
-        if self.expected_size is not None and self.size + len(chunk) > self.expected_size:
-            raise DigestMismatchError(f"blob {self.digest}: the registry sent more than the "
-                                      f"{self.expected_size} bytes its descriptor states")
-        self._fh.write(chunk)
-        self._hash.update(chunk)
-        self.size += len(chunk)
+        for chunk in chunks:
+            if self.expected_size is not None and self.size + len(chunk) > self.expected_size:
+                raise DigestMismatchError(f"blob {self.digest}: the registry sent more than the "
+                                          f"{self.expected_size} bytes its descriptor states")
+            view = memoryview(chunk)
+            while view:       # an unbuffered write may take less than it was given
+                view = view[self._fh.write(view):]
+            self._hash.update(chunk)
+            self.size += len(chunk)
 
     def commit(self) -> None:
-        """Verify size and digest, then rename into place (atomic)."""
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        """Verify size and digest, then rename into place (atomic).
+
+        No fsync: after a power loss a renamed entry could hold stale pages, and that is caught
+        where entries are used (every entry not fetched by the current run is hashed again when
+        it is read or copied into a bundle), at no cost to every download.
+        """
         self._fh.close()
         got = "sha256:" + self._hash.hexdigest()
         if self.expected_size is not None and self.size != self.expected_size:

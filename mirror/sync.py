@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -11,7 +12,7 @@ from pathlib import Path
 import aiohttp
 
 from . import credentials
-from .bundle import BundleContent, BundleImage, LoadEntry, write_dir, write_tar
+from .bundle import BundleContent, BundleImage, LoadEntry, TarWriter, blob_order, write_dir
 from .errors import MirrorError
 from .oci import Descriptor, image_platform
 from .platform import Platform, from_oci, matches, parse_platform
@@ -25,6 +26,8 @@ from .store import Store
 from .transport import HostSettings, Transport
 
 DEFAULT_LOAD_PLATFORM = parse_platform("linux/amd64")
+# The bundle writer's own thread, so it never queues behind the downloads' hashing.
+WRITER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgmirror-tar")
 
 
 @dataclass
@@ -58,6 +61,16 @@ class SyncOptions:
 
 
 @dataclass
+class Item:
+    """One image on its way: its report, and once resolved, what it needs."""
+
+    report: ImageReport
+    res: Resolved | None
+    reg: Registry | None
+    started: float
+
+
+@dataclass
 class SyncResult:
     images: list[ImageReport]
     bundle: dict | None
@@ -75,6 +88,7 @@ class Syncer:
         self.jobs = asyncio.Semaphore(opts.jobs or spec.concurrency)
         self.registries: dict[str, Registry] = {}
         self.inflight: dict[str, asyncio.Future] = {}
+        self.fetched: set[str] = set()      # digests downloaded (and verified) by this run
         self.downloaded = 0
 
     def registry(self, session: aiohttp.ClientSession, ref: Reference) -> Registry:
@@ -93,34 +107,78 @@ class Syncer:
     async def run(self) -> SyncResult:
         started = time.monotonic()
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
+        writer: TarWriter | None = None
         async with aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                          trust_env=True) as session:
             refs_per_spec = await asyncio.gather(*(self.expand(session, s) for s in self.spec.images))
             work = [(s, r) for s, rs in zip(self.spec.images, refs_per_spec, strict=True) for r in rs]
             self.progress.images_total(len(work))
-            tasks = [asyncio.ensure_future(self.mirror_one(session, s, r)) for s, r in work]
+            # 1. Resolve every image first: manifests are small, and then the whole blob set is
+            #    known, so the bundle can be written while the blobs are still arriving.
+            items = await asyncio.gather(*(self.resolve_one(session, s, r) for s, r in work))
+            self.fail_fast_check(items)
+            live = [it for it in items if it.res is not None]
+            tasks: list[asyncio.Future] = []
             try:
-                if self.opts.fail_fast:
+                if live and not self.opts.dry_run:
+                    # 2. Fetch every missing blob once; write the tar in digest order meanwhile.
+                    missing = self.missing(live)
+                    self.progress.bytes_total(sum(desc.size for desc, _ in missing.values()))
+                    # Start the downloads in the order the tar is written in (largest first), so
+                    # the writer keeps pace with them (the semaphore lets them go first-come).
+                    for digest in blob_order({d: desc.size for d, (desc, _) in missing.items()}):
+                        desc, it = missing[digest]
+                        self.blob(it.reg, it.res.ref.repository, desc)
+                    tasks = [asyncio.ensure_future(self.fetch_one(it)) for it in live]
+                    if not self.dir_output():
+                        writer = TarWriter(Path(self.output_path()))
+                        tasks.append(asyncio.ensure_future(self.feed(writer, live)))
                     for fut in asyncio.as_completed(tasks):
-                        report, _ = await fut
-                        if report.status == "failed":
-                            raise MirrorError(f"{report.reference}: {report.error} (--fail-fast: stopped)")
-                done = await asyncio.gather(*tasks)
-            finally:
-                for t in tasks:
+                        await fut
+                        self.fail_fast_check(items)
+                else:
+                    for it in live:
+                        self.done(it)
+            except BaseException:
+                everything = tasks + list(self.inflight.values())
+                for t in everything:
                     t.cancel()
-        failed_expansions = [r for rs in refs_per_spec for r in rs if isinstance(r, ImageReport)]
-        reports = failed_expansions + [rep for rep, _ in done]
-        resolved = [res for rep, res in done if res is not None and rep.status == "ok"]
+                await asyncio.gather(*everything, return_exceptions=True)
+                if writer:
+                    writer.abort()
+                raise
+        reports = [it.report for it in items]
+        ok_items = [it for it in items if it.report.status == "ok"]
         bundle = None
-        if resolved and not self.opts.dry_run:
-            bundle = self.write_bundle(resolved)
-        ok = sum(1 for r in reports if r.status == "ok")
-        unique = {d: desc.size for res in resolved for d, desc in res.blobs.items()}
+        if ok_items and not self.opts.dry_run:
+            bundle = self.write_bundle([it.res for it in ok_items], writer)
+        elif writer:
+            writer.abort()
+        ok = len(ok_items)
+        unique = {d: size for it in ok_items for d, size in it.res.sizes().items()}
         totals = {"images": len(reports), "ok": ok, "failed": len(reports) - ok,
                   "blobs": len(unique), "bytes": sum(unique.values()),
                   "downloaded_bytes": self.downloaded, "seconds": round(time.monotonic() - started, 3)}
         return SyncResult(reports, bundle, totals)
+
+    def fail_fast_check(self, items: list[Item]) -> None:
+        if self.opts.fail_fast:
+            for it in items:
+                if it.report.status == "failed":
+                    raise MirrorError(f"{it.report.reference}: {it.report.error} (--fail-fast: stopped)")
+
+    def missing(self, items: list[Item]) -> dict[str, tuple[Descriptor, Item]]:
+        """The blobs of these images that the cache lacks, each once, with an image that needs it."""
+        out: dict[str, tuple[Descriptor, Item]] = {}
+        for it in items:
+            for d, desc in it.res.blobs.items():
+                if d not in out and not self.store.has(d):
+                    out[d] = (desc, it)
+        return out
+
+    def dir_output(self) -> bool:
+        target = self.output_path()
+        return self.opts.to_dir or str(self.opts.output or "").endswith("/") or os.path.isdir(target)
 
     async def expand(self, session, spec: ImageSpec) -> list:
         """The references one manifest entry stands for: its tags (listed or selected) and digests."""
@@ -141,49 +199,85 @@ class Syncer:
             refs += [repo.with_tag(t) for t in selected if t not in spec.tags]
         return refs
 
-    async def mirror_one(self, session, spec: ImageSpec, ref) -> tuple[ImageReport, Resolved | None]:
-        """Resolve and download one image; failures are reported, never raised."""
-        if isinstance(ref, ImageReport):
-            return ref, None
-        started = time.monotonic()
-        report = ImageReport(source=spec.repository.name, reference=str(ref))
-        res = None
+    async def resolve_one(self, session, spec: ImageSpec, ref) -> Item:
+        """Resolve one image's manifests; a failure is recorded in its report, never raised."""
+        if isinstance(ref, ImageReport):     # its tag list could not be read
+            self.progress.image_done(ref.reference, False, ref.error)
+            return Item(ref, None, None, time.monotonic())
+        item = Item(ImageReport(source=spec.repository.name, reference=str(ref)), None, None,
+                    time.monotonic())
         try:
-            reg = self.registry(session, ref)
+            item.reg = self.registry(session, ref)
             platforms = spec.platforms if spec.platforms is not None else self.spec.platforms
-            res = await resolve(reg, self.store, ref, platforms, self.spec.keep_index_digest, spec.where)
-            report.digest, report.source_digest = res.top.digest, res.source_digest
-            report.media_type, report.platforms = res.top.media_type, res.platforms
-            report.blobs = len(res.blobs) + len(res.manifests)
-            report.bytes = sum(d.size for d in res.blobs.values()) + sum(res.manifests.values())
-            missing = [d for d in res.blobs.values() if not self.store.has(d.digest)]
-            report.new_bytes = sum(d.size for d in missing)
-            for d in res.foreign:
-                self.progress.warn(f"{ref}: foreign layer {d.digest} is not mirrored (it is fetched "
-                                   "from its own URLs by whoever pulls the image)")
-            if not self.opts.dry_run:
-                self.progress.bytes_total(report.new_bytes)
-                # Wait for every blob even after one failed: what did arrive is kept for next time.
-                results = await asyncio.gather(*(self.blob(reg, ref.repository, d) for d in missing),
-                                               return_exceptions=True)
-                for r in results:
-                    if isinstance(r, BaseException):
-                        raise r
+            res = await resolve(item.reg, self.store, ref, platforms, self.spec.keep_index_digest,
+                                spec.where)
+        except MirrorError as exc:
+            self.fail(item, str(exc))
+            return item
+        r = item.report
+        r.digest, r.source_digest, r.media_type, r.platforms = (
+            res.top.digest, res.source_digest, res.top.media_type, res.platforms)
+        r.blobs, r.bytes = len(res.sizes()), sum(res.sizes().values())
+        r.new_bytes = sum(d.size for d in res.blobs.values() if not self.store.has(d.digest))
+        for d in res.foreign:
+            self.progress.warn(f"{ref}: foreign layer {d.digest} is not mirrored (it is fetched "
+                               "from its own URLs by whoever pulls the image)")
+        item.res = res
+        return item
+
+    async def fetch_one(self, item: Item) -> None:
+        """Download what one image lacks (shared downloads are joined, not repeated)."""
+        res = item.res
+        missing = [d for d in res.blobs.values() if not self.store.has(d.digest)]
+        # Wait for every blob even after one failed: what did arrive is kept for next time.
+        results = await asyncio.gather(*(self.blob(item.reg, res.ref.repository, d) for d in missing),
+                                       return_exceptions=True)
+        for r in results:
+            if isinstance(r, MirrorError):
+                return self.fail(item, str(r))
+            if isinstance(r, OSError):   # the cache's disk: full, read-only, gone
+                return self.fail(item, f"cache {self.store.root}: {r.strerror or r} "
+                                       f"({r.filename or 'writing a blob'}); free space or choose --cache")
+            if isinstance(r, BaseException):
+                raise r
+        self.done(item)
+
+    def done(self, item: Item) -> None:
+        res, r = item.res, item.report
+        if not self.opts.dry_run:
             # A single-platform image names its platform only in its config blob.
             res.images = [(p or self.config_platform(m), m) for p, m in res.images]
-            report.platforms = res.platforms or sorted({str(p) for p, _ in res.images if p})
-            report.status = "ok"
-        except MirrorError as exc:
-            report.status, report.error = "failed", str(exc)
-        except OSError as exc:   # the cache's disk: full, read-only, gone
-            report.status = "failed"
-            report.error = (f"cache {self.store.root}: {exc.strerror or exc} "
-                            f"({exc.filename or 'writing a blob'}); free space or choose --cache")
-        report.seconds = round(time.monotonic() - started, 3)
-        detail = (f"{report.digest} {human(report.bytes)} {report.seconds:.1f}s" if report.status == "ok"
-                  else report.error)
-        self.progress.image_done(report.reference, report.status == "ok", detail)
-        return report, res
+            r.platforms = res.platforms or sorted({str(p) for p, _ in res.images if p})
+        r.status = "ok"
+        r.seconds = round(time.monotonic() - item.started, 3)
+        self.progress.image_done(r.reference, True, f"{r.digest} {human(r.bytes)} {r.seconds:.1f}s")
+
+    def fail(self, item: Item, error: str) -> None:
+        item.report.status, item.report.error = "failed", error
+        item.report.seconds = round(time.monotonic() - item.started, 3)
+        self.progress.image_done(item.report.reference, False, error)
+
+    async def feed(self, writer: TarWriter, items: list[Item]) -> None:
+        """Write every blob into the tar in `blob_order`, each as soon as it is in the cache."""
+        needed_by: dict[str, list[Item]] = {}
+        for it in items:
+            for d in it.res.sizes():
+                needed_by.setdefault(d, []).append(it)
+        sizes = {d: size for it in items for d, size in it.res.sizes().items()}
+        for digest in blob_order(sizes):
+            fut = self.inflight.get(digest)
+            if fut is not None:
+                try:
+                    await asyncio.shield(fut)
+                except (MirrorError, OSError):
+                    continue          # the images that need it fail; fetch_one reports them
+            if all(it.report.status == "failed" for it in needed_by[digest]):
+                continue              # only failed images want it (blobs of images failing later stay)
+            # Blobs fetched in this run were verified moments ago; older cache entries are
+            # hashed again on the way, so a disk that changed them cannot slip into a bundle.
+            verify = digest not in self.fetched
+            await asyncio.get_running_loop().run_in_executor(WRITER, writer.add_blob, self.store,
+                                                             digest, verify)
 
     def blob(self, reg: Registry, repo: str, desc: Descriptor) -> asyncio.Future:
         """The one download of a digest, shared by every image that needs it."""
@@ -202,27 +296,27 @@ class Syncer:
                 self.downloaded += n
                 self.progress.advance(n)
             await reg.fetch_blob(repo, desc, self.store, on_bytes)
+            self.fetched.add(desc.digest)
 
     # --- the bundle -----------------------------------------------------------------------
-    def write_bundle(self, resolved: list[Resolved]) -> dict:
+    def write_bundle(self, resolved: list[Resolved], writer: TarWriter | None) -> dict:
+        """Finish the tar (its blobs are written already) or write the layout directory."""
         content = BundleContent()
         load_platform = self.spec.load_platform or DEFAULT_LOAD_PLATFORM
         for res in resolved:
-            content.blobs.update(res.manifests)
-            content.blobs.update({d: desc.size for d, desc in res.blobs.items()})
+            content.blobs.update(res.sizes())
             # name:tag@digest is named by its tag (docker load needs one); by digest only, by digest
             ref_name = str(res.ref.with_tag(res.ref.tag)) if res.ref.tag else str(res.ref)
             content.images.append(BundleImage(
                 ref_name=ref_name, descriptor=res.top, source_digest=res.source_digest,
                 load=self.load_entry(res, load_platform) if res.ref.tag else None, tag=res.ref.tag))
-        target = Path(self.output_path())
-        if self.opts.to_dir or str(self.opts.output or "").endswith("/") or target.is_dir():
+        summary = {"images": len(content.images), "blobs": len(content.blobs)}
+        if writer is None:
+            target = Path(self.output_path())
             write_dir(target, self.store, content)
-            return {"path": str(target), "format": "directory", "images": len(content.images),
-                    "blobs": len(content.blobs)}
-        size, sha = write_tar(target, self.store, content)
-        return {"path": str(target), "format": "tar", "size": size, "sha256": sha,
-                "images": len(content.images), "blobs": len(content.blobs)}
+            return {"path": str(target), "format": "directory", **summary}
+        size, sha = writer.finish(content)
+        return {"path": str(writer.target), "format": "tar", "size": size, "sha256": sha, **summary}
 
     def load_entry(self, res: Resolved, wanted: Platform) -> LoadEntry | None:
         """The docker-load view of an image for one platform, if it has it (Linux only)."""
