@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .errors import BundleError, DigestMismatchError
 from .oci import ANN_CONTAINERD_NAME, ANN_REF_NAME, ANN_SOURCE_DIGEST, Descriptor, digest_hex
-from .store import Store
+from .store import BlobWriter, Store
 
 OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
 
@@ -158,6 +158,7 @@ class TarWriter:
                 self._write(_info(f"blobs/sha256/{digest_hex(digest)}", size))
                 copied = 0
                 # One buffer for every read: no allocation (and no page faults) per chunk.
+                # (Hashing straight from an mmap measured slower: the page faults cost more.)
                 while n := src.readinto(self._buf):
                     chunk = self._view[:n]
                     self._write(chunk)
@@ -171,6 +172,60 @@ class TarWriter:
             store.evict(digest)
             raise DigestMismatchError(f"cache entry {digest} was corrupt and has been removed; "
                                       "run sync again to fetch it afresh")
+
+    def add_following(self, blob: BlobWriter) -> bool:
+        """Append a blob while it downloads, reading its temp file as it grows.
+
+        Returns False, with the tar as it was before, if the download fails. A download that
+        starts over (a server ignoring Range) is followed again from its first byte.
+        """
+        start, hash_at_start = self.size, self._hash.copy()
+        name = f"blobs/sha256/{digest_hex(blob.digest)}"
+        try:
+            try:
+                src = open(blob.tmp, "rb", buffering=0)
+            except FileNotFoundError:       # it ended before we looked: failed, or in the store
+                if blob.state == "committed":
+                    self.add_blob(blob.store, blob.digest, verify=False)
+                    return True
+                return False
+            with src:
+                self._write(_info(name, blob.expected_size))
+                body, hash_at_body = self.size, self._hash.copy()
+                pos, generation = 0, blob.generation
+                while True:
+                    with blob.changed:
+                        while (blob.state == "writing" and blob.size <= pos
+                               and blob.generation == generation):
+                            blob.changed.wait(1.0)
+                        state, available = blob.state, blob.size
+                        restarted = blob.generation != generation
+                        generation = blob.generation
+                    if state == "failed":
+                        self._rollback(start, hash_at_start)
+                        return False
+                    if restarted:
+                        self._rollback(body, hash_at_body)
+                        src.seek(0)
+                        pos = 0
+                        continue
+                    while pos < available and (n := src.readinto(
+                            self._view[:min(COPY_CHUNK, available - pos)])):
+                        self._write(self._view[:n])
+                        pos += n
+                    if state == "committed" and pos >= available:
+                        break
+                self._write(bytes(-pos % BLOCK))
+                return True
+        except OSError as exc:
+            raise self._error(exc) from None
+
+    def _rollback(self, offset: int, hash_state) -> None:
+        """Cut the tar back to `offset`, whose hash state was `hash_state`."""
+        self._fh.truncate(offset)
+        self._fh.seek(offset)
+        self.size, self._hash = offset, hash_state
+        self._flushed = min(self._flushed, offset)
 
     def finish(self, content: BundleContent) -> tuple[int, str]:
         """Write index.json and manifest.json, close, fsync, rename; returns (size, sha256)."""

@@ -83,13 +83,19 @@ class Registry:
             url = urljoin(base, nxt)
         raise RegistryError(f"tag list of {self.host}/{repo}: more than {MAX_TAG_PAGES} pages; refused")
 
-    async def fetch_blob(self, repo: str, desc: Descriptor, store: Store, on_bytes=None) -> None:
-        """Download a blob into the store: streamed, hashed, resumed with Range after a cut."""
+    async def fetch_blob(self, repo: str, desc: Descriptor, store: Store, on_bytes=None,
+                         on_start=None) -> None:
+        """Download a blob into the store: streamed, hashed, resumed with Range after a cut.
+
+        `on_start(writer)` is told the BlobWriter once the transfer may begin, so a reader can
+        follow the bytes as they land; `on_bytes(n)` counts them."""
         url = f"/v2/{repo}/blobs/{desc.digest}"
         what = f"blob {desc.digest} of {self.host}/{repo}"
         retries = self.t.settings.retries
         async with self.t.limit:
             writer = store.begin(desc.digest, desc.size)
+            if on_start:
+                on_start(writer)
             try:
                 for attempt in range(retries + 1):
                     try:

@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import os
 import socket
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,13 +37,24 @@ class BlobWriter:
         self._fh = open(self.tmp, "wb", buffering=0)   # chunks are large: no copy into a buffer
         self._hash = hashlib.sha256()
         self.size = 0
+        # For a reader following the download (the bundle writer): `size` bytes of the temp file
+        # are written; `generation` changes when the download starts over; `state` ends as
+        # "committed" (verified, in the store) or "failed". Changes are announced on `changed`.
+        self.state, self.generation = "writing", 0
+        self.changed = threading.Condition()
+
+    def _announce(self, **fields) -> None:
+        with self.changed:
+            for name, value in fields.items():
+                setattr(self, name, value)
+            self.changed.notify_all()
 
     def reset(self) -> None:
         """Start over (the server ignored our Range request)."""
         self._fh.seek(0)
         self._fh.truncate()
         self._hash = hashlib.sha256()
-        self.size = 0
+        self._announce(size=0, generation=self.generation + 1)
 
     def write(self, *chunks: bytes) -> None:
         """Append bytes; refuse more than the descriptor's size (a lying server stops here)."""
@@ -54,7 +66,7 @@ class BlobWriter:
             while view:       # an unbuffered write may take less than it was given
                 view = view[self._fh.write(view):]
             self._hash.update(chunk)
-            self.size += len(chunk)
+            self._announce(size=self.size + len(chunk))
 
     def commit(self) -> None:
         """Verify size and digest, then rename into place (atomic).
@@ -72,12 +84,15 @@ class BlobWriter:
             raise DigestMismatchError(f"blob {self.digest}: received bytes hash to {got}; "
                                       "the download was corrupted (nothing was cached)")
         os.replace(self.tmp, self.final)
+        self._announce(state="committed")
 
     def abort(self) -> None:
-        """Drop the partial download."""
+        """Drop the partial download (a no-op after commit)."""
         if not self._fh.closed:
             self._fh.close()
         self.tmp.unlink(missing_ok=True)
+        if self.state != "committed":
+            self._announce(state="failed")
 
 
 class Store:

@@ -89,6 +89,7 @@ class Syncer:
         self.registries: dict[str, Registry] = {}
         self.inflight: dict[str, asyncio.Future] = {}
         self.fetched: set[str] = set()      # digests downloaded (and verified) by this run
+        self.started: dict[str, asyncio.Future] = {}   # digest -> its BlobWriter, once under way
         self.downloaded = 0
 
     def registry(self, session: aiohttp.ClientSession, ref: Reference) -> Registry:
@@ -258,45 +259,59 @@ class Syncer:
         self.progress.image_done(item.report.reference, False, error)
 
     async def feed(self, writer: TarWriter, items: list[Item]) -> None:
-        """Write every blob into the tar in `blob_order`, each as soon as it is in the cache."""
+        """Write every blob into the tar in `blob_order`: one still downloading is followed as
+        its bytes land, so the tar is finished moments after the last download."""
         needed_by: dict[str, list[Item]] = {}
         for it in items:
             for d in it.res.sizes():
                 needed_by.setdefault(d, []).append(it)
         sizes = {d: size for it in items for d, size in it.res.sizes().items()}
+        run = asyncio.get_running_loop().run_in_executor
         for digest in blob_order(sizes):
+            if all(it.report.status == "failed" for it in needed_by[digest]):
+                continue              # only failed images want it (blobs of images failing later stay)
+            started = self.started.get(digest)
+            blob_writer = await started if started is not None else None
+            if blob_writer is not None:
+                # False when the download failed: the tar is left as it was, and fetch_one
+                # reports the images that needed the blob.
+                await run(WRITER, writer.add_following, blob_writer)
+                continue
             fut = self.inflight.get(digest)
             if fut is not None:
                 try:
                     await asyncio.shield(fut)
                 except (MirrorError, OSError):
-                    continue          # the images that need it fail; fetch_one reports them
-            if all(it.report.status == "failed" for it in needed_by[digest]):
-                continue              # only failed images want it (blobs of images failing later stay)
+                    continue
             # Blobs fetched in this run were verified moments ago; older cache entries are
             # hashed again on the way, so a disk that changed them cannot slip into a bundle.
-            verify = digest not in self.fetched
-            await asyncio.get_running_loop().run_in_executor(WRITER, writer.add_blob, self.store,
-                                                             digest, verify)
+            await run(WRITER, writer.add_blob, self.store, digest, digest not in self.fetched)
 
     def blob(self, reg: Registry, repo: str, desc: Descriptor) -> asyncio.Future:
         """The one download of a digest, shared by every image that needs it."""
         fut = self.inflight.get(desc.digest)
         if fut is None:
+            # resolved with the BlobWriter when the transfer begins (None if it never does)
+            self.started[desc.digest] = asyncio.get_running_loop().create_future()
             fut = asyncio.ensure_future(self._download(reg, repo, desc))
             self.inflight[desc.digest] = fut
         # shield: one image failing or being cancelled must not cancel a download others await
         return asyncio.shield(fut)
 
     async def _download(self, reg: Registry, repo: str, desc: Descriptor) -> None:
-        if self.store.has(desc.digest):
-            return
-        async with self.jobs:
-            def on_bytes(n: int) -> None:
-                self.downloaded += n
-                self.progress.advance(n)
-            await reg.fetch_blob(repo, desc, self.store, on_bytes)
-            self.fetched.add(desc.digest)
+        started = self.started[desc.digest]
+        try:
+            if self.store.has(desc.digest):
+                return
+            async with self.jobs:
+                def on_bytes(n: int) -> None:
+                    self.downloaded += n
+                    self.progress.advance(n)
+                await reg.fetch_blob(repo, desc, self.store, on_bytes, on_start=started.set_result)
+                self.fetched.add(desc.digest)
+        finally:
+            if not started.done():
+                started.set_result(None)
 
     # --- the bundle -----------------------------------------------------------------------
     def write_bundle(self, resolved: list[Resolved], writer: TarWriter | None) -> dict:
