@@ -36,7 +36,6 @@ import urllib.parse
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Union
 from collections.abc import Iterable
 
 # --------------------------------------------------------------------------------------------
@@ -174,7 +173,7 @@ class Index:
         return json.loads(self.raw)["manifests"]
 
 
-Artifact = Union[Image, Index]
+Artifact = Image | Index
 
 
 def _unique(blobs: Iterable[Blob]) -> list[Blob]:
@@ -441,7 +440,7 @@ def write_layout(path: str | os.PathLike, artifact: Artifact, *, ref_name: str |
 # Pushing
 # --------------------------------------------------------------------------------------------
 
-Creds = Union[None, str, tuple[str, str]]
+Creds = None | str | tuple[str, str]
 
 
 class PushError(RuntimeError):

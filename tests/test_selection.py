@@ -48,7 +48,7 @@ def test_semver_org_precedence():
                "1.0.0-beta.11", "1.0.0-rc.1", "1.0.0", "1.0.1", "1.1.0", "2.0.0", "10.0.0"]
     versions = [parse_version(t) for t in ordered]
     assert sorted(reversed(versions)) == versions
-    assert all(a < b for a, b in zip(versions, versions[1:]))
+    assert all(a < b for a, b in zip(versions, versions[1:], strict=False))
 
 
 @pytest.mark.parametrize("a, b", [
@@ -292,5 +292,5 @@ def test_select_tags_with_invalid_filter_selects_nothing(flt):
 def test_check_filter(flt, expected):
     problems = check_filter(flt)
     assert [key for key, _ in problems] == [key for key, _ in expected]
-    for (_, message), (_, fragment) in zip(problems, expected):
+    for (_, message), (_, fragment) in zip(problems, expected, strict=True):
         assert fragment in message
