@@ -85,9 +85,10 @@ class HostSettings:
 
     @property
     def scheme(self) -> str:
-        # Docker's convention: loopback registries speak plain HTTP. An `insecure` one is tried
-        # with HTTPS (unverified) first and falls back to HTTP, as Docker's insecure-registries do.
-        if is_loopback(self.api_host) and not self.ca_file:
+        # Docker's convention: loopback registries speak plain HTTP, unless a CA is given or
+        # they are marked insecure. An `insecure` registry is tried with HTTPS (unverified)
+        # first and falls back to HTTP, as Docker's insecure-registries are.
+        if is_loopback(self.api_host) and not self.ca_file and not self.insecure:
             return "http"
         return "https"
 
@@ -96,7 +97,11 @@ class HostSettings:
         if self.scheme == "http":
             return None
         if self.ca_file:
-            return ssl.create_default_context(cafile=self.ca_file)
+            try:
+                return ssl.create_default_context(cafile=self.ca_file)
+            except (ssl.SSLError, OSError) as exc:
+                raise RegistryError(f"{self.host}: ca_file {self.ca_file} is not a PEM certificate "
+                                    f"this machine can read ({exc.__class__.__name__})") from None
         return False if self.insecure else True
 
 
@@ -226,6 +231,8 @@ class Transport:
                 raise TransientError(f"{self.settings.host}: {method} {redact_url(full)}: "
                                      f"{exc.__class__.__name__} {exc}".strip()) from None
             except (TimeoutError, aiohttp.ClientError) as exc:
+                if "HTTPS server" in str(exc):   # Go's answer to plain HTTP on a TLS port
+                    raise RegistryError(self._https_hint()) from None
                 raise TransientError(f"{self.settings.host}: {method} {redact_url(full)}: "
                                      f"{exc.__class__.__name__} {exc}".strip()) from None
             if resp.status == 401 and auth_try == 0 and self._learn_challenge(resp, auth):
@@ -249,6 +256,10 @@ class Transport:
             return True
         return first or not sent_auth
 
+    def _https_hint(self) -> str:
+        return (f"{self.settings.host}: the registry speaks HTTPS, not plain HTTP; give its CA as "
+                "ca_file, or set insecure: true, under registries in mirror.yaml")
+
     async def _raise_for(self, resp, method, url, what):
         body = await resp.read()
         resp.release()
@@ -264,6 +275,8 @@ class Transport:
         if status in RETRY_STATUSES:
             raise TransientError(f"{self.settings.host}: {subject}: {detail}", status=status, code=code,
                                  retry_after=parse_retry_after(resp.headers.get("Retry-After")))
+        if status == 400 and url.startswith("http:") and b"HTTPS server" in body:
+            raise RegistryError(self._https_hint(), status=status)
         if status in (401, 403):
             hint = ("check the credentials (registries in mirror.yaml, docker login)" if self.credentials
                     else "no credentials found; add them under registries in mirror.yaml or `docker login`")

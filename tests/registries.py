@@ -25,11 +25,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import ipaddress
 import os
 import re
 import secrets
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -119,12 +121,17 @@ class LoggedRequest:
 # --------------------------------------------------------------------------------------------
 
 
-def _self_signed_cert(common_name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+def _self_signed_cert(common_name: str, *, server: bool = False) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A self-signed CA certificate; with `server`, also valid for TLS on 127.0.0.1/localhost."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = dt.datetime.now(dt.UTC)
+    builder = x509.CertificateBuilder()
+    if server:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]), critical=False)
     cert = (
-        x509.CertificateBuilder()
+        builder
         .subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
@@ -337,6 +344,7 @@ class RegistryProcess:
     storage_dir: Path
     config_path: Path
     process: subprocess.Popen = field(repr=False)
+    ca_file: Path | None = None  # the self-signed certificate of a TLS registry
 
     @property
     def creds(self) -> tuple[str, str] | None:
@@ -431,7 +439,10 @@ def _log_tail(path: Path, lines: int = 30) -> str:
 
 
 # urllib would send requests through $http_proxy if one is set; loopback must never be proxied.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+_OPENER = urllib.request.build_opener(
+    urllib.request.ProxyHandler({}),
+    # only to see that a TLS registry is up; its certificate is the test's own
+    urllib.request.HTTPSHandler(context=ssl._create_unverified_context()))
 
 
 def _wait_until_up(url: str, proc: subprocess.Popen, timeout: float) -> bool:
@@ -457,6 +468,7 @@ def start_registry(
     token_field: str = "token",
     token_expires_in: int = 300,
     startup_timeout: float = 10,
+    tls: bool = False,
 ) -> RegistryProcess:
     """Start ``docker-registry serve`` with a generated config under ``tmpdir``.
 
@@ -500,6 +512,15 @@ def start_registry(
             }
         }
 
+    tls_cfg, ca_file = None, None
+    if tls:   # HTTPS with a self-signed certificate for 127.0.0.1; `ca_file` is its PEM
+        key, cert = _self_signed_cert("imgmirror test registry", server=True)
+        ca_file, key_file = root / "registry-cert.pem", root / "registry-key.pem"
+        ca_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+        tls_cfg = {"certificate": str(ca_file), "key": str(key_file)}
+
     last_error = ""
     for _attempt in range(3):  # the port may be taken between free_port() and the bind
         port = free_port()
@@ -519,6 +540,8 @@ def start_registry(
         }
         if auth_cfg:
             config["auth"] = auth_cfg
+        if tls_cfg:
+            config["http"]["tls"] = tls_cfg
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         log = open(log_path, "ab")
         try:
@@ -531,7 +554,7 @@ def start_registry(
             )
         finally:
             log.close()  # the child has its own copy of the descriptor
-        url = f"http://127.0.0.1:{port}"
+        url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
         if _wait_until_up(url, proc, startup_timeout):
             return RegistryProcess(
                 host=f"127.0.0.1:{port}",
@@ -545,6 +568,7 @@ def start_registry(
                 storage_dir=storage,
                 config_path=config_path,
                 process=proc,
+                ca_file=ca_file,
             )
         if proc.poll() is None:
             proc.kill()
