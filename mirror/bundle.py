@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import BundleError, DigestMismatchError
-from .oci import ANN_CONTAINERD_NAME, ANN_REF_NAME, ANN_SOURCE_DIGEST, Descriptor, digest_hex
+from .oci import ANN_CONTAINERD_NAME, ANN_REF_NAME, ANN_SOURCE_DIGEST, ANN_TARGET, Descriptor, digest_hex
 from .store import BlobWriter, Store
 
 OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
@@ -50,6 +50,7 @@ class BundleImage:
     source_digest: str | None = None # the registry's digest when imgmirror rewrote the index
     load: LoadEntry | None = None    # for manifest.json, when the image has load_platform
     tag: str | None = None
+    target: str | None = None        # mirror.yaml's target: path, used by push
 
 
 @dataclass
@@ -66,6 +67,8 @@ class BundleContent:
             ann = {ANN_CONTAINERD_NAME: img.ref_name, ANN_REF_NAME: img.ref_name}
             if img.source_digest:
                 ann[ANN_SOURCE_DIGEST] = img.source_digest
+            if img.target:
+                ann[ANN_TARGET] = img.target
             d["annotations"] = ann
             d.pop("platform", None)
             manifests.append(d)

@@ -16,7 +16,9 @@ from pathlib import Path
 from . import __version__
 from .errors import MirrorError, UsageError, exit_code
 from .progress import Progress, human, make_progress
-from .spec import load_spec
+from .oci import ANN_TARGET
+from .push import Destination, PushImage, PushOptions, push_images
+from .spec import RegistryConfig, load_spec
 from .store import Store, default_cache_dir
 from .sync import SyncOptions, SyncResult, Syncer
 
@@ -42,9 +44,42 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wait this long for another run's cache lock (default: exit 3 at once)")
     s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars (default: when stderr is a terminal)")
+    s.add_argument("--to", metavar="REGISTRY[/PREFIX]",
+                   help="push into this registry from the cache (no bundle unless -o is given too)")
     s.add_argument("-v", "--verbose", action="count", default=0)
     s.add_argument("-q", "--quiet", action="store_true", help="only failures and the summary")
+
+    u = sub.add_parser("push", help="push the images of a bundle into a registry")
+    u.add_argument("bundle", help="a bundle tar written by sync, or a layout directory")
+    u.add_argument("--to", required=True, metavar="REGISTRY[/PREFIX]", help="the registry (and path prefix)")
+    u.add_argument("--config", metavar="MIRROR.yaml", help="take the registry's settings and credentials "
+                   "from the registries: section of this manifest")
+    u.add_argument("--jobs", type=int, default=8, help="parallel blob transfers (default 8)")
+    u.add_argument("--insecure", action="store_true", help="HTTPS without verification, else plain HTTP")
+    u.add_argument("--chunk-size", default="64M", metavar="SIZE",
+                   help="upload blobs above SIZE in chunks (default 64M; K, M, G suffixes)")
+    u.add_argument("--dry-run", action="store_true", help="show what would be pushed; write nothing")
+    u.add_argument("--report", help="write a JSON report to this file")
+    u.add_argument("--fail-fast", action="store_true", help="stop at the first failed image")
+    u.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars (default: when stderr is a terminal)")
+    u.add_argument("-v", "--verbose", action="count", default=0)
+    u.add_argument("-q", "--quiet", action="store_true", help="only failures and the summary")
     return p
+
+
+def parse_size(text: str) -> int:
+    """`64M` -> 67108864; K, M, G, T are powers of 1024."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    number, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
+    try:
+        value = int(float(number) * units[unit])
+    except ValueError:
+        raise UsageError(f"{text!r} is not a size; write e.g. 64M, 700M or 4G") from None
+    if value < 64 * 1024:
+        raise UsageError(f"{text!r}: a chunk must be at least 64K")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             build_parser().print_help(sys.stderr)
             return 2
-        return cmd_sync(args)
+        return cmd_push(args) if args.command == "push" else cmd_sync(args)
     except MirrorError as exc:
         print(f"imgmirror: error: {exc}", file=sys.stderr)
         return exit_code(exc)
@@ -73,7 +108,8 @@ def cmd_sync(args) -> int:
     store = Store(cache or default_cache_dir())
     verbosity = -1 if args.quiet else args.verbose
     progress = make_progress(args.progress, verbosity)
-    opts = SyncOptions(output=args.output, jobs=args.jobs, dry_run=args.dry_run, fail_fast=args.fail_fast)
+    opts = SyncOptions(output=args.output, jobs=args.jobs, dry_run=args.dry_run, fail_fast=args.fail_fast,
+                       push_to=Destination.parse(args.to) if args.to else None)
     try:
         with store.lock(wait=args.wait_lock):
             result = asyncio.run(Syncer(spec, store, opts, progress).run())
@@ -84,7 +120,44 @@ def cmd_sync(args) -> int:
     if args.report:
         _write_json(Path(args.report), result.to_json())
     summarize(result, progress)
+    if result.push:
+        summarize_push(result.push, progress)
+    failed = result.totals["failed"] + (result.push.totals["failed"] if result.push else 0)
+    return 0 if failed == 0 else 1
+
+
+def cmd_push(args) -> int:
+    if args.jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    dest = Destination.parse(args.to)
+    chunk = parse_size(args.chunk_size)
+    registries = load_spec(args.config).registries if args.config else {}
+    cfg = registries.get(dest.host, RegistryConfig())
+    from .bundle_read import open_bundle   # the bundle reader is push's alone
+    reader = open_bundle(args.bundle)
+    images = [PushImage(ref, desc, desc.annotations.get(ANN_TARGET)) for ref, desc in reader.images]
+    progress = make_progress(args.progress, -1 if args.quiet else args.verbose)
+    opts = PushOptions(jobs=args.jobs, chunk_size=chunk, dry_run=args.dry_run, fail_fast=args.fail_fast)
+    try:
+        result = asyncio.run(push_images(reader, images, dest, cfg, opts, progress, insecure=args.insecure))
+    finally:
+        progress.close()
+        reader.close()
+    if args.report:
+        _write_json(Path(args.report), result.to_json())
+    summarize_push(result, progress, dry_run=args.dry_run)
     return 0 if result.totals["failed"] == 0 else 1
+
+
+def summarize_push(result, progress: Progress, dry_run: bool = False) -> None:
+    t = result.totals
+    verb = "would push" if dry_run else "pushed"
+    progress.line(f"push summary: {t['ok']} of {t['images']} images {verb} to {result.destination}, "
+                  f"{t['failed']} failed; {t['blobs_uploaded']} blobs uploaded "
+                  f"({human(t['uploaded_bytes'])}), {t['blobs_mounted']} mounted in {t['seconds']:.1f}s")
+    for r in result.images:
+        if r.status == "failed":
+            progress.line(f"failed: {r.reference} -> {r.target}: {r.error}")
 
 
 def print_plan(result: SyncResult, store: Store) -> None:

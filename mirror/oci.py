@@ -37,6 +37,7 @@ ATTESTATION_DIGEST = "vnd.docker.reference.digest"
 ANN_REF_NAME = "org.opencontainers.image.ref.name"
 ANN_CONTAINERD_NAME = "io.containerd.image.name"
 ANN_SOURCE_DIGEST = "io.imgmirror.source.digest"
+ANN_TARGET = "io.imgmirror.target"     # mirror.yaml's target: path, for imgmirror push
 
 _DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
 

@@ -29,6 +29,7 @@ class Resolved:
     foreign: list[Descriptor] = field(default_factory=list)
     images: list[tuple[Platform | None, Manifest]] = field(default_factory=list)  # per platform
     platforms: list[str] = field(default_factory=list)
+    target: str | None = None                         # mirror.yaml's target: path, for push
 
     def sizes(self) -> dict[str, int]:
         """Every digest the bundle needs for this image (manifests and blobs) and its size."""

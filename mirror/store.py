@@ -176,3 +176,19 @@ class Store:
             fh.truncate()
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
             fh.close()
+
+
+class StoreSource:
+    """The store as a source of bytes to push (`imgmirror sync --to`)."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def size(self, digest: str) -> int:
+        return self.store.size(digest)
+
+    def open_blob(self, digest: str):
+        return open(self.store.blob_path(digest), "rb")
+
+    def read(self, digest: str) -> bytes:
+        return self.store.read(digest)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import aiohttp
 
-from . import credentials
 from .bundle import BundleContent, BundleImage, LoadEntry, TarWriter, blob_order, write_dir
 from .errors import MirrorError
 from .oci import Descriptor, image_platform
@@ -22,8 +21,9 @@ from .registry import Registry
 from .resolve import Resolved, resolve
 from .selection import select_tags
 from .spec import ImageSpec, MirrorSpec, RegistryConfig
-from .store import Store
-from .transport import HostSettings, Transport
+from .push import Destination, PushImage, PushOptions, PushResult, push_images
+from .store import Store, StoreSource
+from .transport import transport_for
 
 DEFAULT_LOAD_PLATFORM = parse_platform("linux/amd64")
 # The bundle writer's own thread, so it never queues behind the downloads' hashing.
@@ -58,6 +58,7 @@ class SyncOptions:
     dry_run: bool = False
     fail_fast: bool = False
     to_dir: bool = False
+    push_to: Destination | None = None     # sync --to: push from the cache into this registry
 
 
 @dataclass
@@ -75,9 +76,13 @@ class SyncResult:
     images: list[ImageReport]
     bundle: dict | None
     totals: dict
+    push: PushResult | None = None
 
     def to_json(self) -> dict:
-        return {"images": [asdict(i) for i in self.images], "totals": self.totals, "bundle": self.bundle}
+        out = {"images": [asdict(i) for i in self.images], "totals": self.totals, "bundle": self.bundle}
+        if self.push:
+            out["push"] = self.push.to_json()
+        return out
 
 
 class Syncer:
@@ -97,18 +102,15 @@ class Syncer:
         host = ref.registry
         if host not in self.registries:
             cfg = self.spec.registries.get(host.lower(), RegistryConfig())   # keys are lowercased
-            settings = HostSettings(host=host, api_host=ref.api_host, insecure=cfg.insecure,
-                                    ca_file=os.path.expanduser(cfg.ca_file) if cfg.ca_file else None,
-                                    retries=cfg.retries,
-                                    max_concurrency=cfg.max_concurrency or (self.opts.jobs or self.spec.concurrency))
-            creds = credentials.lookup(host, (cfg.username, cfg.password) if cfg.username else None)
-            self.registries[host] = Registry(Transport(session, settings, creds))
+            self.registries[host] = Registry(transport_for(session, host, cfg,
+                                                           self.opts.jobs or self.spec.concurrency))
         return self.registries[host]
 
     async def run(self) -> SyncResult:
         started = time.monotonic()
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
         writer: TarWriter | None = None
+        pushed: PushResult | None = None
         async with aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                          trust_env=True) as session:
             refs_per_spec = await asyncio.gather(*(self.expand(session, s) for s in self.spec.images))
@@ -131,7 +133,7 @@ class Syncer:
                         desc, it = missing[digest]
                         self.blob(it.reg, it.res.ref.repository, desc)
                     tasks = [asyncio.ensure_future(self.fetch_one(it)) for it in live]
-                    if not self.dir_output():
+                    if self.wants_bundle() and not self.dir_output():
                         writer = TarWriter(Path(self.output_path()))
                         tasks.append(asyncio.ensure_future(self.feed(writer, live)))
                     for fut in asyncio.as_completed(tasks):
@@ -140,6 +142,8 @@ class Syncer:
                 else:
                     for it in live:
                         self.done(it)
+                if self.opts.push_to and not self.opts.dry_run:
+                    pushed = await self.push([it for it in items if it.report.status == "ok"], session)
             except BaseException:
                 everything = tasks + list(self.inflight.values())
                 for t in everything:
@@ -151,7 +155,7 @@ class Syncer:
         reports = [it.report for it in items]
         ok_items = [it for it in items if it.report.status == "ok"]
         bundle = None
-        if ok_items and not self.opts.dry_run:
+        if ok_items and not self.opts.dry_run and self.wants_bundle():
             bundle = self.write_bundle([it.res for it in ok_items], writer)
         elif writer:
             writer.abort()
@@ -160,7 +164,22 @@ class Syncer:
         totals = {"images": len(reports), "ok": ok, "failed": len(reports) - ok,
                   "blobs": len(unique), "bytes": sum(unique.values()),
                   "downloaded_bytes": self.downloaded, "seconds": round(time.monotonic() - started, 3)}
-        return SyncResult(reports, bundle, totals)
+        if pushed:
+            totals["failed_pushes"] = pushed.totals["failed"]
+        return SyncResult(reports, bundle, totals, pushed)
+
+    def wants_bundle(self) -> bool:
+        """A bundle is written unless the images go straight to a registry (sync --to without -o)."""
+        return not self.opts.push_to or bool(self.opts.output)
+
+    async def push(self, items: list[Item], session) -> PushResult:
+        """sync --to: push what was just mirrored, from the cache, into the destination registry."""
+        dest = self.opts.push_to
+        images = [PushImage(str(it.res.ref.with_tag(it.res.ref.tag)) if it.res.ref.tag else str(it.res.ref),
+                            it.res.top, it.res.target) for it in items]
+        cfg = self.spec.registries.get(dest.host, RegistryConfig())
+        opts = PushOptions(jobs=self.opts.jobs or self.spec.concurrency, fail_fast=self.opts.fail_fast)
+        return await push_images(StoreSource(self.store), images, dest, cfg, opts, self.progress, session)
 
     def fail_fast_check(self, items: list[Item]) -> None:
         if self.opts.fail_fast:
@@ -223,6 +242,7 @@ class Syncer:
         for d in res.foreign:
             self.progress.warn(f"{ref}: foreign layer {d.digest} is not mirrored (it is fetched "
                                "from its own URLs by whoever pulls the image)")
+        res.target = spec.target
         item.res = res
         return item
 
@@ -323,7 +343,7 @@ class Syncer:
             # name:tag@digest is named by its tag (docker load needs one); by digest only, by digest
             ref_name = str(res.ref.with_tag(res.ref.tag)) if res.ref.tag else str(res.ref)
             content.images.append(BundleImage(
-                ref_name=ref_name, descriptor=res.top, source_digest=res.source_digest,
+                ref_name=ref_name, descriptor=res.top, source_digest=res.source_digest, target=res.target,
                 load=self.load_entry(res, load_platform) if res.ref.tag else None, tag=res.ref.tag))
         summary = {"images": len(content.images), "blobs": len(content.blobs)}
         if writer is None:

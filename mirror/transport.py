@@ -12,6 +12,7 @@ import asyncio
 import base64
 import email.utils
 import json
+import os
 import re
 import ssl
 import time
@@ -195,18 +196,22 @@ class Transport:
 
     # --- requests -------------------------------------------------------------------------
     async def open(self, method: str, url: str, *, scopes: frozenset, headers: dict | None = None,
-                   ok: tuple[int, ...] = (200,), what: str = "") -> aiohttp.ClientResponse:
-        """Send a request (retried, authenticated) and return the open response; caller closes it."""
+                   ok: tuple[int, ...] = (200,), what: str = "", body=None,
+                   retry: bool = True) -> aiohttp.ClientResponse:
+        """Send a request (retried, authenticated) and return the open response; caller closes it.
+
+        `body` is a callable giving a fresh request body for each attempt. `retry=False` for
+        requests whose retry means more than sending them again (an upload session's PUT)."""
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(TransientError),
-            stop=stop_after_attempt(self.settings.retries + 1) | stop_after_delay(MAX_TOTAL_WAIT),
+            stop=stop_after_attempt(self.settings.retries + 1 if retry else 1) | stop_after_delay(MAX_TOTAL_WAIT),
             wait=_wait_policy, reraise=True)
         async for attempt in retrying:
             with attempt:
-                return await self._open_once(method, url, scopes, headers or {}, ok, what)
+                return await self._open_once(method, url, scopes, headers or {}, ok, what, body)
         raise AssertionError("unreachable")
 
-    async def _open_once(self, method, url, scopes, headers, ok, what):
+    async def _open_once(self, method, url, scopes, headers, ok, what, body=None):
         full = url if url.startswith(("http://", "https://")) else self.base + url
         for auth_try in (0, 1):
             hdrs = dict(headers)
@@ -215,7 +220,8 @@ class Transport:
                 hdrs["Authorization"] = auth
             try:
                 resp = await self.session.request(method, full, headers=hdrs, ssl=self.ssl,
-                                                  timeout=self.timeout, allow_redirects=True)
+                                                  timeout=self.timeout, allow_redirects=True,
+                                                  data=body() if body else None)
             except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError,
                     aiohttp.ClientOSError) as exc:
                 if self._may_fall_back and full.startswith(self.base):
@@ -224,7 +230,7 @@ class Transport:
                     self.base = "http://" + self.base.removeprefix("https://")
                     self.ssl = None
                     full = self.base + full.removeprefix("https://" + self.settings.api_host)
-                    return await self._open_once(method, full, scopes, headers, ok, what)
+                    return await self._open_once(method, full, scopes, headers, ok, what, body)
                 if isinstance(exc, aiohttp.ClientSSLError):
                     raise RegistryError(f"{self.settings.host}: TLS failed ({exc.__class__.__name__}); "
                                         "give the registry's CA as ca_file, or set insecure: true") from None
@@ -285,3 +291,16 @@ class Transport:
         if status == 404:
             raise NotFoundError(f"{self.settings.host}: {subject}: not found ({detail})", status=status, code=code)
         raise RegistryError(f"{self.settings.host}: {subject}: {detail}", status=status, code=code)
+
+
+def transport_for(session: aiohttp.ClientSession, host: str, cfg, default_concurrency: int,
+                  insecure: bool = False) -> Transport:
+    """A Transport for `host` (as written in references) with its RegistryConfig and credentials."""
+    from .credentials import lookup
+    from .reference import DOCKER_HUB, DOCKER_HUB_API
+    settings = HostSettings(host=host, api_host=DOCKER_HUB_API if host == DOCKER_HUB else host,
+                            insecure=cfg.insecure or insecure,
+                            ca_file=os.path.expanduser(cfg.ca_file) if cfg.ca_file else None,
+                            retries=cfg.retries, max_concurrency=cfg.max_concurrency or default_concurrency)
+    creds = lookup(host, (cfg.username, cfg.password) if cfg.username else None)
+    return Transport(session, settings, creds)

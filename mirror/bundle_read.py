@@ -1,0 +1,357 @@
+"""Reading a bundle (an OCI image layout, as a tar or a directory) without extracting it.
+
+`open_bundle` scans a tar's headers once, seeking past the data, and records where each blob's
+bytes are; blobs are then read straight from the tar with `os.pread`, so any number of them can
+be read at once from worker threads (pread has no shared file position). Only `oci-layout`,
+`index.json` and `manifest.json` are read into memory, and only when their sizes are believable.
+
+Nothing is ever written or extracted. Entries that could escape the layout if someone did
+extract the tar (absolute paths, `..`, links, devices) are refused before anything is read.
+
+    BundleError            damaged or unsafe bundle (exit 1)
+    └── NotABundleError    not a bundle at all: missing path, not a tar, no layout (exit 2)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import stat
+import tarfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from .errors import BundleError, MirrorError
+from .oci import ANN_REF_NAME, MANIFEST_TYPES, Descriptor, Manifest, parse_manifest, verify_bytes
+
+# Bounds on what is read into memory: a real index.json of thousands of images is a few MiB.
+META_LIMITS = {"oci-layout": 64 << 10, "index.json": 16 << 20, "manifest.json": 16 << 20}
+MAX_READ = 4 << 20          # `read()` is for manifests and configs, never layers
+MAX_DEPTH = 8               # index -> index -> ... -> manifest; OCI allows nesting, not this much
+END_OF_ARCHIVE = bytes(2 * tarfile.BLOCKSIZE)
+_BLOB_NAME = re.compile(r"blobs/sha256/([a-f0-9]{64})")
+_COMPRESSED = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd", b"\xfd7zXZ": "xz", b"BZh": "bzip2"}
+HINT = "make one with `imgmirror sync`"
+
+
+class NotABundleError(BundleError):
+    """The path is not a bundle at all (as opposed to a damaged one): a usage problem."""
+
+    exit_code = 2
+
+
+def not_a_bundle(path, why: str) -> NotABundleError:
+    return NotABundleError(f"{path}: not an imgmirror/OCI bundle: {why}; {HINT}")
+
+
+def compression_of(head: bytes) -> str | None:
+    """The compression a file's first bytes announce, if any."""
+    return next((name for magic, name in _COMPRESSED.items() if head.startswith(magic)), None)
+
+
+def check_member(m: tarfile.TarInfo) -> tuple[str, str | None]:
+    """(normalised name, why the entry is unsafe or None). `./a//b` is `a/b`."""
+    if m.name.startswith("/"):
+        return m.name, "absolute path"
+    parts = [p for p in m.name.split("/") if p not in ("", ".")]
+    name = "/".join(parts)
+    if ".." in parts:
+        return m.name, "path leaves the layout (..)"
+    if m.issym():
+        return name, f"symbolic link to {m.linkname!r}"
+    if m.islnk():
+        return name, f"hard link to {m.linkname!r}"
+    if m.ischr() or m.isblk() or m.isfifo():
+        return name, "device or fifo"
+    if m.issparse():        # its data is not stored contiguously: cannot be read in place
+        return name, "GNU sparse file"
+    if not (m.isreg() or m.isdir()):
+        return name, f"unsupported entry type {m.type!r}"
+    return name, None
+
+
+def blob_digest(name: str) -> str | None:
+    """`blobs/sha256/<hex>` -> `sha256:<hex>`; None for any other name."""
+    m = _BLOB_NAME.fullmatch(name)
+    return f"sha256:{m.group(1)}" if m else None
+
+
+class BlobFile(io.RawIOBase):
+    """One blob's bytes inside a larger file, read with pread: seekable, `read(n)` semantics,
+    independent of every other BlobFile on the same descriptor."""
+
+    def __init__(self, fd: int, offset: int, size: int, name: str, owns_fd: bool = False):
+        super().__init__()
+        self._fd, self._offset, self.size, self.name, self._owns = fd, offset, size, name, owns_fd
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self.size}[whence]
+        self._pos = max(0, base + pos)
+        return self._pos
+
+    def readinto(self, buf) -> int:
+        n = min(len(buf), self.size - self._pos)
+        if n <= 0:
+            return 0
+        data = os.pread(self._fd, n, self._offset + self._pos)
+        if not data:    # the file shrank under us, or the tar is truncated
+            raise BundleError(f"{self.name}: ends {self.size - self._pos} bytes early (truncated bundle?)")
+        buf[:len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        if self._owns and not self.closed:
+            os.close(self._fd)
+        super().close()
+
+
+def iter_tree(source, root: Descriptor, on_error: Callable[[str, str], None] | None = None
+              ) -> Iterator[tuple[Manifest | None, Descriptor]]:
+    """(parent manifest, descriptor) for everything reachable from `root`, parents first, each
+    digest once. `source` needs `has(digest)` and `read(digest)`. Absent manifests are yielded but
+    not descended into (the caller decides whether that is a problem). Unreadable manifests,
+    loops and absurd nesting raise BundleError, or go to `on_error(digest, message)` if given."""
+    seen: set[str] = set()
+
+    def fail(digest: str, message: str) -> None:
+        if on_error is None:
+            raise BundleError(message)
+        on_error(digest, message)
+
+    def visit(parent, desc: Descriptor, path: tuple[str, ...]):
+        if desc.digest in path:
+            return fail(desc.digest, f"manifest {desc.digest} refers to itself through its children")
+        if desc.digest in seen:       # a layer shared by two children, say
+            return
+        seen.add(desc.digest)
+        yield parent, desc
+        if desc.media_type not in MANIFEST_TYPES or not source.has(desc.digest):
+            return
+        if len(path) >= MAX_DEPTH:
+            return fail(desc.digest, f"manifest {desc.digest}: indexes nested more than {MAX_DEPTH} deep")
+        try:
+            m = parse_manifest(source.read(desc.digest), desc.media_type, f"manifest {desc.digest}")
+        except MirrorError as exc:
+            return fail(desc.digest, str(exc))
+        if m.media_type != desc.media_type:
+            # A registry would be sent the wrong Content-Type, or refuse the parent.
+            fail(desc.digest, f"manifest {desc.digest} is a {m.media_type}, but its descriptor says "
+                              f"{desc.media_type}")
+        for child in (m.children if m.is_index else m.blobs):
+            yield from visit(m, child, path + (desc.digest,))
+
+    yield from visit(None, root, ())
+
+
+def parse_index(raw: bytes) -> tuple[dict, list[tuple[str | None, Descriptor]]]:
+    """index.json -> (the object, [(ref name, descriptor)]); MirrorError if it is malformed."""
+    try:
+        obj = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BundleError(f"index.json is not valid JSON ({exc})") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("manifests"), list):
+        raise BundleError("index.json is not an image index (no 'manifests' list)")
+    images = []
+    for i, entry in enumerate(obj["manifests"]):
+        desc = Descriptor.from_json(entry, f"index.json manifests[{i}]")
+        ref = desc.annotations.get(ANN_REF_NAME)
+        images.append((ref if isinstance(ref, str) else None, desc))
+    return obj, images
+
+
+class BundleReader:
+    """A bundle opened for reading. Safe to read blobs from several threads at once."""
+
+    def __init__(self, path: Path, kind: str, blobs: dict[str, tuple[int, int]], meta: dict[str, bytes],
+                 fh=None):
+        self.path, self.kind, self._blobs, self._fh = path, kind, blobs, fh
+        self.layout_raw = meta["oci-layout"]
+        self.index_raw = meta["index.json"]
+        self.manifest_json_raw = meta.get("manifest.json")     # optional: classic docker load
+        try:
+            self.index, self.images = parse_index(self.index_raw)
+        except MirrorError as exc:
+            self.close()
+            raise BundleError(f"{path}: {exc}; run `imgmirror verify {path}` for details") from None
+
+    def __enter__(self) -> BundleReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the tar; BlobFiles still open on it stop working."""
+        if self._fh is not None:
+            self._fh.close()
+
+    def digests(self) -> list[str]:
+        """Every blob in the bundle, manifests included, sorted."""
+        return sorted(self._blobs)
+
+    def has(self, digest: str) -> bool:
+        return digest in self._blobs
+
+    def size(self, digest: str) -> int:
+        """The blob's size in the bundle; BundleError if it is not there."""
+        return self._entry(digest)[1]
+
+    def _entry(self, digest: str) -> tuple[int, int]:
+        try:
+            return self._blobs[digest]
+        except KeyError:
+            raise BundleError(f"{self.path}: blob {digest} is not in the bundle") from None
+
+    def open_blob(self, digest: str) -> BlobFile:
+        """A binary file object over exactly that blob's bytes (not verified: hash as you read)."""
+        offset, size = self._entry(digest)
+        name = f"{self.path}: blob {digest}"
+        if self._fh is not None:
+            return BlobFile(self._fh.fileno(), offset, size, name)
+        try:
+            fd = os.open(self.path / "blobs" / "sha256" / digest.split(":", 1)[1], os.O_RDONLY)
+        except OSError as exc:
+            raise BundleError(f"{name}: cannot open ({exc.strerror})") from None
+        return BlobFile(fd, 0, size, name, owns_fd=True)
+
+    def read(self, digest: str) -> bytes:
+        """A small blob (manifest, config) whole, verified against its digest."""
+        size = self.size(digest)
+        if size > MAX_READ:
+            raise BundleError(f"{self.path}: blob {digest} is {size} bytes; a manifest or config "
+                              f"is never over {MAX_READ >> 20} MiB")
+        with self.open_blob(digest) as f:
+            data = f.read(size)
+        verify_bytes(data, digest, f"{self.path}: blob {digest}")
+        return data
+
+    def walk(self, root: Descriptor) -> Iterator[Descriptor]:
+        """Every descriptor reachable from an index.json entry (itself first, then index children,
+        configs and layers), each digest once; absent ones (a sparse index's children, foreign
+        layers) are yielded too: check `has()`."""
+        for _, desc in iter_tree(self, root):
+            yield desc
+
+
+def open_bundle(path) -> BundleReader:
+    """Open a bundle tar or layout directory for reading; BundleError/NotABundleError if it is not one."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise NotABundleError(f"{p}: no such file or directory") from None
+    except OSError as exc:
+        raise NotABundleError(f"{p}: cannot read ({exc.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        return _open_dir(p)
+    if not stat.S_ISREG(st.st_mode):
+        raise not_a_bundle(p, "not a regular file or directory")
+    try:
+        fh = open(p, "rb")
+    except OSError as exc:
+        raise NotABundleError(f"{p}: cannot read ({exc.strerror})") from None
+    try:
+        blobs, meta = _scan_tar(fh, p)
+        return BundleReader(p, "tar", blobs, meta, fh)
+    except BaseException:
+        fh.close()
+        raise
+
+
+def _scan_tar(fh, p: Path) -> tuple[dict[str, tuple[int, int]], dict[str, bytes]]:
+    fd = fh.fileno()
+    kind = compression_of(os.pread(fd, 8, 0))
+    if kind:
+        raise not_a_bundle(p, f"it is {kind}-compressed; decompress it first (sync writes plain tars, "
+                              "so blobs can be read in place)")
+    try:
+        # "r:" = uncompressed with random access: next() seeks past each member's data.
+        tf = tarfile.open(fileobj=fh, mode="r:")
+        members = list(tf)
+    except tarfile.ReadError as exc:
+        if "unexpected end of data" in str(exc):
+            raise BundleError(f"{p}: the tar is truncated; run `imgmirror verify {p}` for details") from None
+        if os.pread(fd, len(END_OF_ARCHIVE), 0) == END_OF_ARCHIVE:
+            raise not_a_bundle(p, "an empty tar") from None
+        raise not_a_bundle(p, f"not a tar archive ({exc})") from None
+    named = []
+    for m in members:     # refuse unsafe entries before reading any content
+        name, unsafe = check_member(m)
+        if unsafe:
+            raise BundleError(f"{p}: unsafe entry {m.name!r} ({unsafe}); refusing the whole bundle")
+        named.append((name, m))
+    end = tf.offset
+    if os.pread(fd, len(END_OF_ARCHIVE), end) != END_OF_ARCHIVE:
+        after = named[-1][0] if named else "the start"
+        raise BundleError(f"{p}: the tar has no end-of-archive marker after {after!r} (truncated, or a "
+                          f"damaged header at byte {end}); run `imgmirror verify {p}` for details")
+    blobs: dict[str, tuple[int, int]] = {}
+    meta: dict[str, bytes] = {}
+    seen: set[str] = set()
+    for name, m in named:
+        if name in seen and m.isreg():
+            raise BundleError(f"{p}: entry {name!r} appears twice; the bundle is ambiguous")
+        seen.add(name)
+        if (digest := blob_digest(name)) and m.isreg():
+            blobs[digest] = (m.offset_data, m.size)
+        elif name in META_LIMITS and m.isreg():
+            meta[name] = _bounded(p, name, m.size, lambda m=m: os.pread(fd, m.size, m.offset_data))
+    _require_layout(p, meta)
+    return blobs, meta
+
+
+def _bounded(p: Path, name: str, size: int, read: Callable[[], bytes]) -> bytes:
+    if size > META_LIMITS[name]:
+        raise BundleError(f"{p}: {name} is {size} bytes, over the {META_LIMITS[name] >> 10} KiB "
+                          "a real one could need; refusing it")
+    data = read()
+    if len(data) != size:
+        raise BundleError(f"{p}: {name} is truncated")
+    return data
+
+
+def _require_layout(p: Path, meta: dict[str, bytes]) -> None:
+    missing = [n for n in ("oci-layout", "index.json") if n not in meta]
+    if missing:
+        raise not_a_bundle(p, f"no {' or '.join(missing)}")
+
+
+def _open_dir(p: Path) -> BundleReader:
+    # lstat everything first: a symlink could point anywhere, so it is refused, not followed.
+    meta_st = {}
+    for name in META_LIMITS:
+        try:
+            meta_st[name] = os.lstat(p / name)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(meta_st[name].st_mode):
+            raise BundleError(f"{p}: unsafe entry {name!r} (not a regular file; a symlink?)")
+    blobs: dict[str, tuple[int, int]] = {}
+    blob_dir = p / "blobs" / "sha256"
+    for d in (p / "blobs", blob_dir):
+        if d.is_symlink():
+            raise BundleError(f"{p}: unsafe entry {str(d.relative_to(p))!r} (symbolic link)")
+    if blob_dir.is_dir():
+        with os.scandir(blob_dir) as it:
+            for e in it:
+                if e.is_symlink():
+                    raise BundleError(f"{p}: unsafe entry 'blobs/sha256/{e.name}' (symbolic link)")
+                if (digest := blob_digest(f"blobs/sha256/{e.name}")) and e.is_file(follow_symlinks=False):
+                    blobs[digest] = (0, e.stat(follow_symlinks=False).st_size)
+    meta = {name: _bounded(p, name, st.st_size, lambda name=name: (p / name).read_bytes())
+            for name, st in meta_st.items()}
+    _require_layout(p, meta)
+    return BundleReader(p, "dir", blobs, meta)

@@ -1,0 +1,292 @@
+"""imgmirror push (and sync --to): replay images from a bundle or the cache into a registry,
+digest for digest.
+
+Blobs first (HEAD, skip what exists; mount what this run already put in another repository of
+the registry; else upload), then manifests children first, then tags, each tag checked after.
+Every blob and manifest is sent once per repository, as the exact bytes of the source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict, dataclass, field
+
+from .errors import MirrorError, UsageError
+from .oci import Descriptor, Manifest, parse_manifest
+from .progress import Progress, human
+from .reference import ReferenceError_, parse_reference
+from .upload import BlobSource, Uploader
+
+DEFAULT_CHUNK = 64 << 20
+
+
+@dataclass(frozen=True)
+class PushImage:
+    """One image to push: its name in the bundle, its top manifest, and an optional target path."""
+
+    ref_name: str
+    descriptor: Descriptor
+    target: str | None = None
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where images go: a registry host and an optional path prefix."""
+
+    host: str
+    prefix: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> Destination:
+        """`registry.internal:5000/mirror` -> host and prefix; the host must look like one."""
+        host, _, prefix = text.strip().strip("/").partition("/")
+        if not host or not ("." in host or ":" in host or host == "localhost"):
+            raise UsageError(f"--to {text!r}: name a registry host (with a '.' or a port, or "
+                             "localhost), optionally followed by /path, e.g. registry.internal:5000/mirror")
+        if prefix:
+            try:
+                parse_reference(f"{host}/{prefix}")
+            except ReferenceError_ as exc:
+                raise UsageError(f"--to {text!r}: {exc}") from None
+        return cls(host.lower(), prefix)
+
+    def place(self, image: PushImage) -> tuple[str, str | None, str]:
+        """(repository, tag or None, digest) in this registry for a bundle image."""
+        src = parse_reference(image.ref_name)
+        path = image.target or src.repository
+        repo = f"{self.prefix}/{path}" if self.prefix else path
+        return repo, src.tag, image.descriptor.digest
+
+
+@dataclass
+class PushReport:
+    reference: str
+    target: str
+    digest: str
+    status: str = "pending"
+    error: str | None = None
+    blobs: int = 0
+    uploaded: int = 0
+    uploaded_bytes: int = 0
+    mounted: int = 0
+    existing: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class PushOptions:
+    jobs: int = 8
+    chunk_size: int = DEFAULT_CHUNK
+    dry_run: bool = False
+    fail_fast: bool = False
+
+
+@dataclass
+class PushResult:
+    images: list[PushReport]
+    totals: dict
+    destination: str
+
+    def to_json(self) -> dict:
+        return {"images": [asdict(i) for i in self.images], "totals": self.totals,
+                "destination": self.destination}
+
+
+@dataclass
+class _Plan:
+    image: PushImage
+    repo: str
+    tag: str | None
+    manifests: list[Manifest] = field(default_factory=list)   # children first, top last
+    blobs: dict[str, Descriptor] = field(default_factory=dict)
+
+
+class Pusher:
+    """Pushes a set of images from one source into one registry."""
+
+    def __init__(self, source: BlobSource, uploader: Uploader, dest: Destination, opts: PushOptions,
+                 progress: Progress):
+        self.source, self.up, self.dest, self.opts, self.progress = source, uploader, dest, opts, progress
+        self.jobs = asyncio.Semaphore(opts.jobs)
+        self.blob_tasks: dict[tuple[str, str], asyncio.Future] = {}
+        self.holder: dict[str, asyncio.Future] = {}      # digest -> repo that has it (this run)
+        self.uploaded_bytes = 0
+
+    def plan(self, images: list[PushImage]) -> list[_Plan]:
+        """Where each image goes and what it consists of; refuses two images on one name."""
+        plans, seen = [], {}
+        for image in images:
+            repo, tag, digest = self.dest.place(image)
+            name = f"{self.dest.host}/{repo}" + (f":{tag}" if tag else f"@{digest}")
+            if name in seen and seen[name] != image.ref_name:
+                raise UsageError(f"{name}: both {seen[name]} and {image.ref_name} would be pushed there; "
+                                 "give one of them a target: in mirror.yaml, or push them separately")
+            seen[name] = image.ref_name
+            plan = _Plan(image, repo, tag)
+            self._walk(plan, image.descriptor, depth=0)
+            plans.append(plan)
+        return plans
+
+    def _walk(self, plan: _Plan, desc: Descriptor, depth: int) -> None:
+        if depth > 4:
+            raise MirrorError(f"{plan.image.ref_name}: indexes nested too deep")
+        m = parse_manifest(self.source.read(desc.digest), desc.media_type, plan.image.ref_name)
+        if m.is_index:
+            for child in m.children:
+                if self._has(child.digest):      # a sparse index lacks some children
+                    self._walk(plan, child, depth + 1)
+        else:
+            for b in m.blobs:
+                if self._has(b.digest):          # foreign layers are not in the bundle
+                    plan.blobs[b.digest] = b
+        plan.manifests.append(m)
+
+    def _has(self, digest: str) -> bool:
+        try:
+            self.source.size(digest)
+            return True
+        except (KeyError, FileNotFoundError, MirrorError):
+            return False
+
+    async def run(self, images: list[PushImage]) -> PushResult:
+        started = time.monotonic()
+        plans = self.plan(images)
+        self.progress.images_total(len(plans))
+        tasks = [asyncio.ensure_future(self.push_one(p)) for p in plans]
+        try:
+            if self.opts.fail_fast:
+                for fut in asyncio.as_completed(tasks):
+                    report = await fut
+                    if report.status == "failed":
+                        raise MirrorError(f"{report.reference}: {report.error} (--fail-fast: stopped)")
+            reports = await asyncio.gather(*tasks)
+        except BaseException:
+            everything = tasks + list(self.blob_tasks.values())
+            for t in everything:
+                t.cancel()
+            await asyncio.gather(*everything, return_exceptions=True)
+            raise
+        ok = sum(1 for r in reports if r.status == "ok")
+        totals = {"images": len(reports), "ok": ok, "failed": len(reports) - ok,
+                  "uploaded_bytes": self.uploaded_bytes,
+                  "blobs_uploaded": sum(r.uploaded for r in reports),
+                  "blobs_mounted": sum(r.mounted for r in reports),
+                  "seconds": round(time.monotonic() - started, 3)}
+        dest = self.dest.host + (f"/{self.dest.prefix}" if self.dest.prefix else "")
+        return PushResult(list(reports), totals, dest)
+
+    async def push_one(self, plan: _Plan) -> PushReport:
+        started = time.monotonic()
+        top = plan.image.descriptor
+        target = f"{self.dest.host}/{plan.repo}" + (f":{plan.tag}" if plan.tag else f"@{top.digest}")
+        report = PushReport(plan.image.ref_name, target, top.digest, blobs=len(plan.blobs))
+        try:
+            results = await asyncio.gather(*(self.blob(plan.repo, d) for d in plan.blobs.values()),
+                                           return_exceptions=True)
+            for r in results:
+                if isinstance(r, BaseException):
+                    raise r
+                setattr(report, r, getattr(report, r) + 1)
+            report.uploaded_bytes = sum(plan.blobs[d].size for d, r in zip(plan.blobs, results, strict=True)
+                                        if r == "uploaded")
+            if not self.opts.dry_run:
+                for m in plan.manifests:          # children first: the registry checks references
+                    if m is plan.manifests[-1] and plan.tag:
+                        break
+                    if await self.up.manifest_digest(plan.repo, m.digest) != m.digest:
+                        await self.up.put_manifest(plan.repo, m.digest, m.raw, m.media_type)
+                if plan.tag:
+                    if await self.up.manifest_digest(plan.repo, plan.tag) != top.digest:
+                        await self.up.put_manifest(plan.repo, plan.tag, plan.manifests[-1].raw, top.media_type)
+                    got = await self.up.manifest_digest(plan.repo, plan.tag)
+                    if got != top.digest:
+                        raise MirrorError(f"{target}: the registry reports digest {got} after the push, "
+                                          f"the bundle has {top.digest}")
+            report.status = "ok"
+        except MirrorError as exc:
+            report.status, report.error = "failed", _explain(str(exc))
+        except OSError as exc:
+            report.status, report.error = "failed", f"reading the source: {exc.strerror or exc}"
+        report.seconds = round(time.monotonic() - started, 3)
+        detail = (f"{report.digest} {report.uploaded} uploaded ({human(report.uploaded_bytes)}), "
+                  f"{report.mounted} mounted, {report.existing} present" if report.status == "ok" else report.error)
+        self.progress.image_done(f"{report.reference} -> {target}", report.status == "ok", detail)
+        return report
+
+    def blob(self, repo: str, desc: Descriptor) -> asyncio.Future:
+        """The one transfer of a blob into a repository: 'existing', 'mounted' or 'uploaded'."""
+        key = (repo, desc.digest)
+        if key not in self.blob_tasks:
+            self.blob_tasks[key] = asyncio.ensure_future(self._blob(repo, desc))
+        return asyncio.shield(self.blob_tasks[key])
+
+    async def _blob(self, repo: str, desc: Descriptor) -> str:
+        d = desc.digest
+        holder = self.holder.get(d)
+        if holder is None:
+            self.holder[d] = holder = asyncio.get_running_loop().create_future()
+            try:
+                if await self.up.blob_exists(repo, d):
+                    holder.set_result(repo)
+                    return "existing"
+                if not self.opts.dry_run:
+                    async with self.jobs:
+                        await self.up.upload(repo, d, self.source, self.opts.chunk_size,
+                                             on_bytes=self._count)
+                holder.set_result(repo)
+                return "uploaded"
+            except BaseException as exc:
+                del self.holder[d]         # let another repository try on its own
+                if not holder.done():
+                    holder.set_exception(exc)
+                    holder.exception()     # retrieved: no "never retrieved" warning
+                raise
+        if await self.up.blob_exists(repo, d):
+            return "existing"
+        try:
+            from_repo = await asyncio.shield(holder)
+        except MirrorError:
+            from_repo = None
+        if self.opts.dry_run:
+            return "mounted" if from_repo else "uploaded"
+        async with self.jobs:
+            location = await self.up.mount(repo, d, from_repo) if from_repo else None
+            if from_repo and location is None:
+                return "mounted"
+            await self.up.upload(repo, d, self.source, self.opts.chunk_size, location=location,
+                                 on_bytes=self._count)
+        return "uploaded"
+
+    def _count(self, n: int) -> None:
+        self.uploaded_bytes += n
+        self.progress.advance(n)
+
+
+def _explain(message: str) -> str:
+    if "MANIFEST_BLOB_UNKNOWN" in message or "BLOB_UNKNOWN" in message:
+        return (message + " — the registry refuses a manifest whose children or blobs it lacks; "
+                "a bundle made with keep_index_digest: true holds a sparse index that some "
+                "registries (distribution 2.8 among them) do not store")
+    return message
+
+
+
+
+async def push_images(source: BlobSource, images: list[PushImage], dest: Destination, registry,
+                      opts: PushOptions, progress: Progress, session=None,
+                      insecure: bool = False) -> PushResult:
+    """Push `images` from `source` to `dest`; `registry` is the destination's RegistryConfig."""
+    import aiohttp
+
+    from .transport import transport_for
+    own = session is None
+    if own:
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), auto_decompress=False,
+                                        trust_env=True)
+    try:
+        uploader = Uploader(transport_for(session, dest.host, registry, opts.jobs, insecure))
+        return await Pusher(source, uploader, dest, opts, progress).run(images)
+    finally:
+        if own:
+            await session.close()

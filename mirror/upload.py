@@ -1,0 +1,170 @@
+"""The distribution API's write side for one registry host: blobs (monolithic, chunked, mounted)
+and manifests. Bodies are streamed from a `BlobSource`, never held whole in memory."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from typing import Protocol
+from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
+
+from .errors import RegistryError, TransientError
+from .oci import ACCEPT
+from .transport import Transport
+
+READERS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="imgmirror-read")
+READ_CHUNK = 1 << 20
+MIN_CHUNK = 64 * 1024
+
+
+class BlobSource(Protocol):
+    """Where pushed bytes come from: a bundle, or the cache."""
+
+    def size(self, digest: str) -> int: ...
+    def open_blob(self, digest: str): ...          # a binary file-like limited to that blob
+    def read(self, digest: str) -> bytes: ...      # small content (manifests), verified
+
+
+def _push(repo: str, *more: str) -> frozenset:
+    return frozenset({f"repository:{repo}:pull,push", *(f"repository:{m}:pull" for m in more)})
+
+
+def with_query(location: str, **params: str) -> str:
+    """Add query parameters to an upload Location, which may already carry a query string."""
+    parts = urlsplit(location)
+    query = "&".join(q for q in (parts.query, urlencode(params)) if q)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
+
+
+async def _stream(source: BlobSource, digest: str, start: int = 0, length: int | None = None):
+    """The bytes [start, start+length) of a blob, read in a worker thread, as an async iterator."""
+    loop = asyncio.get_running_loop()
+    fh = await loop.run_in_executor(READERS, source.open_blob, digest)
+    try:
+        if start:
+            await loop.run_in_executor(READERS, fh.seek, start)
+        left = source.size(digest) - start if length is None else length
+        while left > 0:
+            chunk = await loop.run_in_executor(READERS, fh.read, min(READ_CHUNK, left))
+            if not chunk:
+                raise RegistryError(f"blob {digest}: source ended {left} bytes early")
+            left -= len(chunk)
+            yield chunk
+    finally:
+        fh.close()
+
+
+class Uploader:
+    """Push blobs and manifests to one registry host through a Transport."""
+
+    def __init__(self, transport: Transport):
+        self.t = transport
+        self.host = transport.settings.host
+        self.body_limit: int | None = None       # learnt from a 413: bodies must stay below it
+
+    async def blob_exists(self, repo: str, digest: str) -> bool:
+        """HEAD the blob in `repo` (a 404 is an answer, not an error)."""
+        async with self.t.limit:
+            resp = await self.t.open("HEAD", f"/v2/{repo}/blobs/{digest}", scopes=_push(repo),
+                                     ok=(200, 404), what=f"blob {digest} in {self.host}/{repo}")
+            resp.release()
+        return resp.status == 200
+
+    async def manifest_digest(self, repo: str, ref: str) -> str | None:
+        """The digest `repo:ref` has in the registry, or None if it has none."""
+        async with self.t.limit:
+            resp = await self.t.open("HEAD", f"/v2/{repo}/manifests/{ref}", scopes=_push(repo),
+                                     headers={"Accept": ACCEPT}, ok=(200, 404),
+                                     what=f"manifest {self.host}/{repo}:{ref}")
+            resp.release()
+        return resp.headers.get("Docker-Content-Digest") if resp.status == 200 else None
+
+    async def mount(self, repo: str, digest: str, from_repo: str) -> str | None:
+        """Cross-repository mount; None when mounted, else the Location of an open upload."""
+        url = f"/v2/{repo}/blobs/uploads/?" + urlencode({"mount": digest, "from": from_repo})
+        async with self.t.limit:
+            resp = await self.t.open("POST", url, scopes=_push(repo, from_repo), ok=(201, 202),
+                                     what=f"mount of {digest} into {self.host}/{repo}")
+            resp.release()
+        return None if resp.status == 201 else self._location(resp)
+
+    def _location(self, resp) -> str:
+        loc = resp.headers.get("Location")
+        if not loc:
+            raise RegistryError(f"{self.host}: upload answer {resp.status} without a Location")
+        return urljoin(str(resp.url), loc)     # may be relative
+
+    async def upload(self, repo: str, digest: str, source: BlobSource, chunk_size: int,
+                     location: str | None = None, on_bytes=None) -> None:
+        """Upload a blob: one PUT, or PATCH chunks when it is big or a proxy limits bodies."""
+        size = source.size(digest)
+        attempts = self.t.settings.retries + 1
+        for attempt in range(attempts):
+            limit = min(chunk_size, self.body_limit or chunk_size)
+            try:
+                if location is None:
+                    async with self.t.limit:
+                        resp = await self.t.open("POST", f"/v2/{repo}/blobs/uploads/", scopes=_push(repo),
+                                                 ok=(202,), what=f"upload to {self.host}/{repo}")
+                        resp.release()
+                    location = self._location(resp)
+                if size <= limit:
+                    await self._put(repo, location, digest, source, 0, size, on_bytes)
+                else:
+                    await self._chunked(repo, location, digest, source, size, limit, on_bytes)
+                return
+            except RegistryError as exc:
+                location = None          # a failed session is not reused: start a new one
+                if exc.status == 413 and min(size, limit) > MIN_CHUNK:
+                    # A proxy caps request bodies: from now on send chunks below what it refused.
+                    self.body_limit = max(MIN_CHUNK, min(size, limit) // 2)
+                    continue
+                if isinstance(exc, TransientError) and attempt < attempts - 1:
+                    await asyncio.sleep(min(10.0, 0.2 * 2 ** attempt))
+                    continue
+                raise
+
+    async def _put(self, repo, location, digest, source, start, length, on_bytes, final=True):
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(length)}
+        if not final:
+            headers["Content-Range"] = f"{start}-{start + length - 1}"
+        url = with_query(location, digest=digest) if final else location
+
+        def body():
+            return _counted(_stream(source, digest, start, length), on_bytes)
+        async with self.t.limit:
+            resp = await self.t.open("PUT" if final else "PATCH", url, scopes=_push(repo), headers=headers,
+                                     ok=(201,) if final else (202, 204), body=body, retry=False,
+                                     what=f"upload of {digest} to {self.host}/{repo}")
+            resp.release()
+        return resp
+
+    async def _chunked(self, repo, location, digest, source, size, chunk, on_bytes):
+        start = 0
+        while start < size:
+            length = min(chunk, size - start)
+            resp = await self._put(repo, location, digest, source, start, length, on_bytes, final=False)
+            location = self._location(resp)
+            start += length
+        headers = {"Content-Length": "0"}
+        async with self.t.limit:
+            resp = await self.t.open("PUT", with_query(location, digest=digest), scopes=_push(repo),
+                                     headers=headers, ok=(201,), retry=False,
+                                     what=f"upload of {digest} to {self.host}/{repo}")
+            resp.release()
+
+    async def put_manifest(self, repo: str, ref: str, raw: bytes, media_type: str) -> str | None:
+        """PUT the exact manifest bytes under a tag or digest; returns the registry's digest."""
+        async with self.t.limit:
+            resp = await self.t.open("PUT", f"/v2/{repo}/manifests/{ref}", scopes=_push(repo),
+                                     headers={"Content-Type": media_type}, ok=(201,), body=lambda: raw,
+                                     what=f"manifest {self.host}/{repo}:{ref}")
+            resp.release()
+        return resp.headers.get("Docker-Content-Digest")
+
+
+async def _counted(stream, on_bytes):
+    async for chunk in stream:
+        if on_bytes:
+            on_bytes(len(chunk))
+        yield chunk
