@@ -135,6 +135,11 @@ def cmd_push(args) -> int:
     cfg = registries.get(dest.host, RegistryConfig())
     from .bundle_read import open_bundle   # the bundle reader is push's alone
     reader = open_bundle(args.bundle)
+    unnamed = [desc.digest for ref, desc in reader.images if not ref]
+    if unnamed:
+        reader.close()
+        raise UsageError(f"{args.bundle}: index.json entries without org.opencontainers.image.ref.name "
+                         f"({', '.join(unnamed)}); push needs a name for each image")
     images = [PushImage(ref, desc, desc.annotations.get(ANN_TARGET)) for ref, desc in reader.images]
     progress = make_progress(args.progress, -1 if args.quiet else args.verbose)
     opts = PushOptions(jobs=args.jobs, chunk_size=chunk, dry_run=args.dry_run, fail_fast=args.fail_fast)

@@ -10,6 +10,7 @@ for the n-th request (0-based) matching nothing in particular, what to do:
     ("flip", offset)          forward, with the byte at `offset` of the body inverted
     ("redirect", url)         answer 307 to `url`
     ("stall", seconds)        forward the headers and a little body, then wait that long
+    ("cut_request", nbytes)   read that much of the request body, then drop the connection
 """
 
 from __future__ import annotations
@@ -91,8 +92,14 @@ class FaultProxy:
                                      status=code, headers=headers)
         if action and action[0] == "redirect":
             raise web.HTTPTemporaryRedirect(action[1])
+        if action and action[0] == "cut_request":
+            await request.content.read(action[1])
+            request.transport.close()          # the client's upload dies mid-body
+            return web.Response(status=500)
         body = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
+        # The registry builds upload Locations from Host: keep ours, so clients come back here.
+        headers["Host"] = request.host
         headers.update(self.upstream_headers)
         url = f"{self.upstream}{request.path_qs}"
         async with self._session.request(request.method, url, headers=headers, data=body or None,
