@@ -8,6 +8,13 @@ be read at once from worker threads (pread has no shared file position). Only `o
 Nothing is ever written or extracted. Entries that could escape the layout if someone did
 extract the tar (absolute paths, `..`, links, devices) are refused before anything is read.
 
+    with open_bundle(path) as b:          # a tar or a layout directory
+        b.index, b.images                 # index.json parsed; [(ref name or None, Descriptor)]
+        b.digests(), b.has(d), b.size(d)  # the blobs present
+        b.read(d)                         # a manifest or config, whole and verified (<= 4 MiB)
+        b.open_blob(d)                    # a seekable file object over one blob (not verified)
+        b.walk(descriptor)                # everything reachable from an index.json entry
+
     BundleError            damaged or unsafe bundle (exit 1)
     └── NotABundleError    not a bundle at all: missing path, not a tar, no layout (exit 2)
 """
@@ -23,8 +30,10 @@ import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .errors import BundleError, MirrorError
-from .oci import ANN_REF_NAME, MANIFEST_TYPES, Descriptor, Manifest, parse_manifest, verify_bytes
+from .errors import BundleError, MirrorError, NotABundleError
+from .oci import (ANN_REF_NAME, ANN_SOURCE_DIGEST, IMAGE_TYPES, MANIFEST_TYPES, Descriptor, Manifest,
+                  image_platform, parse_manifest, verify_bytes)
+from .platform import from_oci
 
 # Bounds on what is read into memory: a real index.json of thousands of images is a few MiB.
 META_LIMITS = {"oci-layout": 64 << 10, "index.json": 16 << 20, "manifest.json": 16 << 20}
@@ -36,13 +45,8 @@ _COMPRESSED = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd", b"\xfd7zXZ": "x
 HINT = "make one with `imgmirror sync`"
 
 
-class NotABundleError(BundleError):
-    """The path is not a bundle at all (as opposed to a damaged one): a usage problem."""
-
-    exit_code = 2
-
-
 def not_a_bundle(path, why: str) -> NotABundleError:
+    """The one wording for "this is not a bundle", with the way to make one."""
     return NotABundleError(f"{path}: not an imgmirror/OCI bundle: {why}; {HINT}")
 
 
@@ -58,7 +62,7 @@ def check_member(m: tarfile.TarInfo) -> tuple[str, str | None]:
     parts = [p for p in m.name.split("/") if p not in ("", ".")]
     name = "/".join(parts)
     if ".." in parts:
-        return m.name, "path leaves the layout (..)"
+        return m.name, "path leaves the layout with .."
     if m.issym():
         return name, f"symbolic link to {m.linkname!r}"
     if m.islnk():
@@ -80,11 +84,13 @@ def blob_digest(name: str) -> str | None:
 
 class BlobFile(io.RawIOBase):
     """One blob's bytes inside a larger file, read with pread: seekable, `read(n)` semantics,
-    independent of every other BlobFile on the same descriptor."""
+    independent of every other BlobFile on the same file."""
 
-    def __init__(self, fd: int, offset: int, size: int, name: str, owns_fd: bool = False):
+    def __init__(self, fh, offset: int, size: int, name: str, owns: bool = False):
         super().__init__()
-        self._fd, self._offset, self.size, self.name, self._owns = fd, offset, size, name, owns_fd
+        # The file object, not its descriptor number: once the reader is closed, fileno() fails
+        # instead of reading whatever file reused that number.
+        self._fh, self._offset, self.size, self.name, self._owns = fh, offset, size, name, owns
         self._pos = 0
 
     def readable(self) -> bool:
@@ -105,7 +111,7 @@ class BlobFile(io.RawIOBase):
         n = min(len(buf), self.size - self._pos)
         if n <= 0:
             return 0
-        data = os.pread(self._fd, n, self._offset + self._pos)
+        data = os.pread(self._fh.fileno(), n, self._offset + self._pos)
         if not data:    # the file shrank under us, or the tar is truncated
             raise BundleError(f"{self.name}: ends {self.size - self._pos} bytes early (truncated bundle?)")
         buf[:len(data)] = data
@@ -113,8 +119,8 @@ class BlobFile(io.RawIOBase):
         return len(data)
 
     def close(self) -> None:
-        if self._owns and not self.closed:
-            os.close(self._fd)
+        if self._owns:
+            self._fh.close()
         super().close()
 
 
@@ -220,12 +226,12 @@ class BundleReader:
         offset, size = self._entry(digest)
         name = f"{self.path}: blob {digest}"
         if self._fh is not None:
-            return BlobFile(self._fh.fileno(), offset, size, name)
+            return BlobFile(self._fh, offset, size, name)
         try:
-            fd = os.open(self.path / "blobs" / "sha256" / digest.split(":", 1)[1], os.O_RDONLY)
+            fh = open(self.path / "blobs" / "sha256" / digest.split(":", 1)[1], "rb", buffering=0)
         except OSError as exc:
             raise BundleError(f"{name}: cannot open ({exc.strerror})") from None
-        return BlobFile(fd, 0, size, name, owns_fd=True)
+        return BlobFile(fh, 0, size, name, owns=True)
 
     def read(self, digest: str) -> bytes:
         """A small blob (manifest, config) whole, verified against its digest."""
@@ -235,8 +241,33 @@ class BundleReader:
                               f"is never over {MAX_READ >> 20} MiB")
         with self.open_blob(digest) as f:
             data = f.read(size)
+            while len(data) < size and (more := f.read(size - len(data))):
+                data += more
         verify_bytes(data, digest, f"{self.path}: blob {digest}")
         return data
+
+    def describe(self, ref: str | None, root: Descriptor) -> dict:
+        """An index.json image for people: reference, digest, media type, platforms, and size
+        (the manifests, configs and layers of it in the bundle, each counted once)."""
+        size, platforms, ask_config = 0, set(), set()
+        for parent, d in iter_tree(self, root):
+            if not self.has(d.digest):
+                continue
+            size += self.size(d.digest)
+            if d.media_type in IMAGE_TYPES and not d.is_attestation:
+                # An index child states its platform; a single image only in its config.
+                if p := from_oci(d.platform):
+                    platforms.add(str(p))
+                else:
+                    ask_config.add(d.digest)
+            elif parent is not None and parent.digest in ask_config and d == parent.config:
+                if p := from_oci(image_platform(self.read(d.digest))):
+                    platforms.add(str(p))
+        out = {"reference": ref, "digest": root.digest, "media_type": root.media_type,
+               "platforms": sorted(platforms), "size": size}
+        if source := root.annotations.get(ANN_SOURCE_DIGEST):
+            out["source_digest"] = source
+        return out
 
     def walk(self, root: Descriptor) -> Iterator[Descriptor]:
         """Every descriptor reachable from an index.json entry (itself first, then index children,
@@ -246,23 +277,32 @@ class BundleReader:
             yield desc
 
 
-def open_bundle(path) -> BundleReader:
-    """Open a bundle tar or layout directory for reading; BundleError/NotABundleError if it is not one."""
-    p = Path(path)
+def stat_bundle(p: Path) -> os.stat_result:
+    """stat() a bundle path; NotABundleError if it is missing or unreadable."""
     try:
-        st = p.stat()
+        return p.stat()
     except FileNotFoundError:
         raise NotABundleError(f"{p}: no such file or directory") from None
     except OSError as exc:
         raise NotABundleError(f"{p}: cannot read ({exc.strerror})") from None
-    if stat.S_ISDIR(st.st_mode):
-        return _open_dir(p)
-    if not stat.S_ISREG(st.st_mode):
+
+
+def open_tar(p: Path):
+    """Open a bundle tar for reading; NotABundleError if it is not a readable regular file."""
+    if not stat.S_ISREG(stat_bundle(p).st_mode):
         raise not_a_bundle(p, "not a regular file or directory")
     try:
-        fh = open(p, "rb")
+        return open(p, "rb")
     except OSError as exc:
         raise NotABundleError(f"{p}: cannot read ({exc.strerror})") from None
+
+
+def open_bundle(path) -> BundleReader:
+    """Open a bundle tar or layout directory for reading; BundleError/NotABundleError if it is not one."""
+    p = Path(path)
+    if stat.S_ISDIR(stat_bundle(p).st_mode):
+        return _open_dir(p)
+    fh = open_tar(p)
     try:
         blobs, meta = _scan_tar(fh, p)
         return BundleReader(p, "tar", blobs, meta, fh)
@@ -284,8 +324,6 @@ def _scan_tar(fh, p: Path) -> tuple[dict[str, tuple[int, int]], dict[str, bytes]
     except tarfile.ReadError as exc:
         if "unexpected end of data" in str(exc):
             raise BundleError(f"{p}: the tar is truncated; run `imgmirror verify {p}` for details") from None
-        if os.pread(fd, len(END_OF_ARCHIVE), 0) == END_OF_ARCHIVE:
-            raise not_a_bundle(p, "an empty tar") from None
         raise not_a_bundle(p, f"not a tar archive ({exc})") from None
     named = []
     for m in members:     # refuse unsafe entries before reading any content

@@ -20,6 +20,7 @@ from .oci import ANN_TARGET
 from .push import Destination, PushImage, PushOptions, push_images
 from .spec import RegistryConfig, load_spec
 from .store import Store, default_cache_dir
+from .verify import add_parsers as add_bundle_commands
 from .sync import SyncOptions, SyncResult, Syncer
 
 
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="progress bars (default: when stderr is a terminal)")
     u.add_argument("-v", "--verbose", action="count", default=0)
     u.add_argument("-q", "--quiet", action="store_true", help="only failures and the summary")
+    add_bundle_commands(sub)            # verify, list
     return p
 
 
@@ -89,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             build_parser().print_help(sys.stderr)
             return 2
+        if hasattr(args, "handler"):         # verify, list
+            return args.handler(args)
         return cmd_push(args) if args.command == "push" else cmd_sync(args)
     except MirrorError as exc:
         print(f"imgmirror: error: {exc}", file=sys.stderr)

@@ -13,7 +13,8 @@
     ├── UnsupportedManifestError schema1 or an unknown manifest media type
     ├── StoreError               the cache could not be used (disk, permissions)
     │   └── LockHeldError        another run holds the cache lock (exit 3)
-    └── BundleError              the bundle could not be written or read
+    └── BundleError              the bundle could not be written or read, or is damaged
+        └── NotABundleError      the path is not a bundle at all (exit 2)
 
 Lower-level errors (aiohttp, OSError) are mapped to this tree once, at the adapter boundary;
 the CLI maps the tree to exit codes in one place (`exit_code`).
@@ -103,6 +104,12 @@ class LockHeldError(StoreError):
 
 class BundleError(MirrorError):
     """A bundle could not be written or read."""
+
+
+class NotABundleError(BundleError):
+    """The path is not a bundle at all (as opposed to a damaged one): a usage problem."""
+
+    exit_code = 2
 
 
 def exit_code(exc: BaseException) -> int:
