@@ -2,7 +2,8 @@
 
 Starts a throwaway CNCF distribution registry on a free loopback port, seeds it with small
 generated images (pushed with skopeo), runs `imgmirror sync examples/demo.yaml`, then shows what
-the bundle holds and has skopeo read one image back from it.
+the bundle holds, has skopeo read one image back from it, verifies the bundle and pushes it into
+a second throwaway registry (the inside of the air gap), where skopeo finds the same digest.
 """
 
 from __future__ import annotations
@@ -56,8 +57,24 @@ def main() -> int:
                            for c in children if "vnd.docker.reference.type" not in c.get("annotations", {}))
         print(f"\ndemo: skopeo reads {ref} from the bundle: an index of {', '.join(platforms)} "
               f"(+{len(children) - len(platforms)} attestations); linux/arm/v7 was filtered out")
-        print(f"demo: load it with `skopeo copy oci-archive:{bundle}:{ref} docker://REGISTRY/...`, "
-              f"or `docker load -i {bundle}`")
+        # The other side of the air gap: check the bundle, then replay it into an empty registry.
+        inside = start_registry(tempfile.mkdtemp(prefix="imgmirror-demo-inside-"))
+        try:
+            print(f"\ndemo: $ imgmirror verify {bundle.relative_to(ROOT)}")
+            subprocess.check_call([imgmirror, "verify", str(bundle)])
+            print(f"\ndemo: $ imgmirror push {bundle.relative_to(ROOT)} --to {inside.host}/mirror")
+            subprocess.check_call([imgmirror, "push", str(bundle), "--to", f"{inside.host}/mirror", "-q"])
+            pushed = f"{inside.host}/mirror/test/multi:1.0"
+            raw_inside = subprocess.check_output(["skopeo", "inspect", "--raw", "--tls-verify=false",
+                                                  f"docker://{pushed}"])
+            same = raw_inside == raw
+            print(f"demo: skopeo reads {pushed}: {'the same bytes, the same digest' if same else 'DIFFERENT'}")
+            if not same:
+                return 1
+        finally:
+            inside.stop()
+        print(f"demo: or load the bundle with `docker load -i {bundle}`, or "
+              f"`skopeo copy oci-archive:{bundle}:{ref} docker://REGISTRY/...`")
         return 0
     finally:
         reg.stop()
