@@ -485,18 +485,21 @@ def render(m: dict, desc: dict, res: dict, args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_out(path: Path, section: str) -> None:
-    block = f"{MARK_BEGIN}\n{section}{MARK_END}\n"
+def write_out(path: Path, section: str, begin: str = MARK_BEGIN, end: str = MARK_END,
+              intro: str = DEFAULT_INTRO) -> None:
+    """Put `section` between the markers `begin` and `end` in `path` (appended if they are not
+    there yet), keeping everything else; bench_push.py writes its own section with this too."""
+    block = f"{begin}\n{section}{end}\n"
     if path.exists():
         text = path.read_text()
-        if MARK_BEGIN in text and MARK_END in text:
-            head, rest = text.split(MARK_BEGIN, 1)
-            tail = rest.split(MARK_END, 1)[1].lstrip("\n")
-            text = head + block + tail
+        if begin in text and end in text:
+            head, rest = text.split(begin, 1)
+            tail = rest.split(end, 1)[1].lstrip("\n")
+            text = head + block + ("\n" + tail if tail else "")   # a blank line before what follows
         else:
             text = text.rstrip("\n") + "\n\n" + block
     else:
-        text = DEFAULT_INTRO + "\n" + block
+        text = intro + "\n" + block
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
 

@@ -182,6 +182,11 @@ class Pusher:
         target = f"{self.dest.host}/{plan.repo}" + (f":{plan.tag}" if plan.tag else f"@{top.digest}")
         report = PushReport(plan.image.ref_name, target, top.digest, blobs=len(plan.blobs))
         try:
+            # Already there under its tag (or digest)? The registry accepted that manifest only
+            # with every blob and child present, so there is nothing to check one by one.
+            if await self.up.manifest_digest(plan.repo, plan.tag or top.digest) == top.digest:
+                report.existing, report.status = len(plan.blobs), "ok"
+                return self._done(report, started)
             results = await asyncio.gather(*(self.blob(plan.repo, d) for d in plan.blobs.values()),
                                            return_exceptions=True)
             for r in results:
@@ -197,8 +202,7 @@ class Pusher:
                     if await self.up.manifest_digest(plan.repo, m.digest) != m.digest:
                         await self.up.put_manifest(plan.repo, m.digest, m.raw, m.media_type)
                 if plan.tag:
-                    if await self.up.manifest_digest(plan.repo, plan.tag) != top.digest:
-                        await self.up.put_manifest(plan.repo, plan.tag, plan.manifests[-1].raw, top.media_type)
+                    await self.up.put_manifest(plan.repo, plan.tag, plan.manifests[-1].raw, top.media_type)
                     got = await self.up.manifest_digest(plan.repo, plan.tag)
                     if got != top.digest:
                         raise MirrorError(f"{target}: the registry reports digest {got} after the push, "
@@ -208,10 +212,13 @@ class Pusher:
             report.status, report.error = "failed", _explain(str(exc))
         except OSError as exc:
             report.status, report.error = "failed", f"reading the source: {exc.strerror or exc}"
+        return self._done(report, started)
+
+    def _done(self, report: PushReport, started: float) -> PushReport:
         report.seconds = round(time.monotonic() - started, 3)
         detail = (f"{report.digest} {report.uploaded} uploaded ({human(report.uploaded_bytes)}), "
                   f"{report.mounted} mounted, {report.existing} present" if report.status == "ok" else report.error)
-        self.progress.image_done(f"{report.reference} -> {target}", report.status == "ok", detail)
+        self.progress.image_done(f"{report.reference} -> {report.target}", report.status == "ok", detail)
         return report
 
     def blob(self, repo: str, desc: Descriptor) -> asyncio.Future:
@@ -283,7 +290,7 @@ async def push_images(source: BlobSource, images: list[PushImage], dest: Destina
     own = session is None
     if own:
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), auto_decompress=False,
-                                        trust_env=True)
+                                        trust_env=False)
     try:
         uploader = Uploader(transport_for(session, dest.host, registry, opts.jobs, insecure))
         return await Pusher(source, uploader, dest, opts, progress).run(images)

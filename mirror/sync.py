@@ -112,7 +112,7 @@ class Syncer:
         writer: TarWriter | None = None
         pushed: PushResult | None = None
         async with aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                         trust_env=True) as session:
+                                         trust_env=False) as session:
             refs_per_spec = await asyncio.gather(*(self.expand(session, s) for s in self.spec.images))
             work = [(s, r) for s, rs in zip(self.spec.images, refs_per_spec, strict=True) for r in rs]
             self.progress.images_total(len(work))

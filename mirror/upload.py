@@ -13,7 +13,7 @@ from .oci import ACCEPT
 from .transport import Transport
 
 READERS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="imgmirror-read")
-READ_CHUNK = 1 << 20
+READ_CHUNK = 4 << 20       # fewer hand-offs to the reader threads
 MIN_CHUNK = 64 * 1024
 
 

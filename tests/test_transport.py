@@ -44,3 +44,16 @@ def test_wait_policy_honours_retry_after_within_bounds():
     assert _wait_policy(_State(TransientError("x", retry_after=3.0))) == 3.0
     assert _wait_policy(_State(TransientError("x", retry_after=3600.0))) == MAX_RETRY_AFTER
     assert 0 <= _wait_policy(_State(TransientError("x"), attempt=3)) <= 10
+
+
+def test_proxy_from_environment(monkeypatch):
+    from mirror.transport import proxy_for
+    for var in ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    assert proxy_for("https://ghcr.io/v2/") is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.corp:3128")
+    monkeypatch.setenv("NO_PROXY", "internal.example,.lan")
+    assert proxy_for("https://ghcr.io/v2/") == "http://proxy.corp:3128"
+    assert proxy_for("https://registry.internal.example/v2/") is None
+    assert proxy_for("http://127.0.0.1:5000/v2/") is None          # loopback: never proxied
+    assert proxy_for("http://plain.example/v2/") is None            # no HTTP_PROXY set
