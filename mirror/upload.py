@@ -13,7 +13,7 @@ from .oci import ACCEPT
 from .transport import Transport
 
 READERS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="imgmirror-read")
-READ_CHUNK = 4 << 20       # fewer hand-offs to the reader threads
+READ_CHUNK = 2 << 20       # fewer hand-offs to the reader threads, with bounded memory
 MIN_CHUNK = 64 * 1024
 
 
