@@ -13,7 +13,7 @@ run leaves nothing at the final path.
 
 from __future__ import annotations
 
-import ctypes
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -100,20 +100,11 @@ def _tmp_beside(target: Path) -> Path:
     return target.with_name(f".{target.name}.{os.getpid()}.tmp")
 
 
-def _start_writeback():
-    """Linux sync_file_range(WRITE): start flushing written pages without waiting, so the final
-    fsync has little left to do. None where it is not available."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.sync_file_range
-        fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-        return fn
-    except (OSError, AttributeError):
-        return None
-
-
-_SYNC_FILE_RANGE = _start_writeback()
-_WRITEBACK_STEP = 32 << 20
+# The bundle is fsynced before it is renamed into place. On a virtual disk each fsync also
+# flushes the host's cache, about 0.5 s for a 500 MB tar; flushing in the background every
+# _FLUSH_STEP bytes while the tar grows leaves the final fsync almost nothing to do.
+_FLUSH_STEP = 64 << 20
+_FLUSHER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgmirror-flush")
 COPY_CHUNK = 4 << 20
 
 
@@ -124,7 +115,7 @@ class TarWriter:
 
     def __init__(self, target: Path):
         self.target, self.tmp = Path(target), _tmp_beside(Path(target))
-        self.size, self._flushed = 0, 0
+        self.size, self._flushed, self._flush = 0, 0, None
         self._buf = bytearray(COPY_CHUNK)
         self._view = memoryview(self._buf)
         self._hash = hashlib.sha256()
@@ -147,10 +138,9 @@ class TarWriter:
             view = view[self._fh.write(view):]
         self._hash.update(data)
         self.size += len(data)
-        if _SYNC_FILE_RANGE and self.size - self._flushed >= _WRITEBACK_STEP:
-            self._fh.flush()
-            _SYNC_FILE_RANGE(self._fh.fileno(), self._flushed, self.size - self._flushed, 2)
+        if self.size - self._flushed >= _FLUSH_STEP and (self._flush is None or self._flush.done()):
             self._flushed = self.size
+            self._flush = _FLUSHER.submit(os.fdatasync, self._fh.fileno())
 
     def add_blob(self, store: Store, digest: str, verify: bool) -> None:
         """Append one blob from the store (in `blob_order`); `verify` hashes it again on the way."""
@@ -238,7 +228,7 @@ class TarWriter:
                 self._write(_info(name, len(data)) + _pad(data))
             self._write(bytes(2 * BLOCK))                      # end-of-archive marker
             self._write(bytes(-self.size % tarfile.RECORDSIZE))  # as tar(1) and tarfile pad
-            self._fh.flush()
+            self._settle()
             os.fsync(self._fh.fileno())
             self._fh.close()
             os.replace(self.tmp, self.target)
@@ -247,8 +237,18 @@ class TarWriter:
             raise self._error(exc) from None
         return self.size, "sha256:" + self._hash.hexdigest()
 
+    def _settle(self) -> None:
+        """Wait for a background flush in flight (it must not outlive the file)."""
+        if self._flush is not None:
+            self._flush.result()
+            self._flush = None
+
     def abort(self) -> None:
         """Drop the partial tar."""
+        try:
+            self._settle()
+        except OSError:
+            pass
         fh = getattr(self, "_fh", None)
         if fh and not fh.closed:
             fh.close()
