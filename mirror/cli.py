@@ -20,6 +20,7 @@ from .oci import ANN_TARGET
 from .push import Destination, PushImage, PushOptions, push_images
 from .spec import RegistryConfig, load_spec
 from .store import Store, default_cache_dir
+from .serve import add_parser as add_serve_command
 from .verify import add_parsers as add_bundle_commands
 from .sync import SyncOptions, SyncResult, Syncer
 
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("-v", "--verbose", action="count", default=0)
     u.add_argument("-q", "--quiet", action="store_true", help="only failures and the summary")
     add_bundle_commands(sub)            # verify, list
+    add_serve_command(sub)              # serve
     return p
 
 
