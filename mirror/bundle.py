@@ -9,6 +9,11 @@ the downloads start in the same order, so the last to arrive are the small ones 
 finished moments after the last download.
 It is written under a temporary name beside the target and renamed at the end, so an interrupted
 run leaves nothing at the final path.
+
+With `split=SIZE` the same bytes are cut into `NAME.tar.001`, `NAME.tar.002`, … of at most SIZE
+bytes each (`cat NAME.tar.0* > NAME.tar` gives the unsplit tar), and `NAME.tar.sha256sums`
+lists every part's sha256 in the format `sha256sum -c` reads. The parts are renamed into place
+only by `finish()`, the sums file last.
 """
 
 from __future__ import annotations
@@ -108,20 +113,160 @@ _FLUSHER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_pref
 COPY_CHUNK = 4 << 20
 
 
+def part_path(target: Path, number: int) -> Path:
+    """`NAME.tar` -> `NAME.tar.001` for number 1 (three digits at least)."""
+    return target.with_name(f"{target.name}.{number:03d}")
+
+
+def sums_path(target: Path) -> Path:
+    return target.with_name(f"{target.name}.sha256sums")
+
+
+def _sync_close(fh) -> None:
+    try:
+        os.fdatasync(fh.fileno())
+    finally:
+        fh.close()
+
+
+class _Parts:
+    """The tar's bytes as one or more files, written under temporary names beside their final
+    ones: one file (`target`) without `split`, else files of `split` bytes each (the last may be
+    shorter), each hashed as it is written. Supports cutting back to an earlier `mark()`, also
+    into an earlier part. A finished part is fdatasynced and closed in the background."""
+
+    def __init__(self, target: Path, split: int | None):
+        self.target, self.split = target, split
+        self.tmps: list[Path] = []
+        self.hashes: list = []
+        self.pending: list[concurrent.futures.Future] = []
+        self.fh, self.pos = None, 0
+        self._new_part()
+
+    def final(self, i: int) -> Path:
+        return self.target if self.split is None else part_path(self.target, i + 1)
+
+    def _new_part(self) -> None:
+        self.tmps.append(_tmp_beside(self.final(len(self.tmps))))
+        self.hashes.append(hashlib.sha256() if self.split else None)
+        self.fh, self.pos = open(self.tmps[-1], "wb", buffering=0), 0
+
+    def fileno(self) -> int:
+        return self.fh.fileno()
+
+    def write(self, view) -> int:
+        if self.split is None:
+            n = self.fh.write(view)
+            self.pos += n
+            return n
+        if self.pos >= self.split:       # the next part begins with the next byte, not before
+            self.pending.append(_FLUSHER.submit(_sync_close, self.fh))
+            self.fh = None
+            self._new_part()
+        n = self.fh.write(view[:self.split - self.pos])
+        self.hashes[-1].update(view[:n])
+        self.pos += n
+        return n
+
+    def mark(self):
+        """Where the tar is now, to `rollback()` to."""
+        h = self.hashes[-1]
+        return len(self.tmps) - 1, self.pos, h.copy() if h else None
+
+    def rollback(self, mark) -> None:
+        index, pos, h = mark
+        if index != len(self.tmps) - 1:
+            self.settle()
+            self.fh.close()
+            for tmp in self.tmps[index + 1:]:
+                tmp.unlink(missing_ok=True)
+            del self.tmps[index + 1:], self.hashes[index + 1:]
+            self.fh = open(self.tmps[index], "r+b", buffering=0)
+        self.fh.truncate(pos)
+        self.fh.seek(pos)
+        self.pos, self.hashes[index] = pos, h
+
+    def settle(self) -> None:
+        """Wait until the finished parts are synced and closed; raise the first error."""
+        pending, self.pending = self.pending, []
+        errors = [f.exception() for f in pending]
+        if err := next((e for e in errors if e is not None), None):
+            raise err
+
+    def close(self) -> list[dict]:
+        """fsync and close every part; [{path (final), size, sha256}] of the parts (split only)."""
+        self.settle()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+        if self.split is None:
+            return []
+        sizes = [self.split] * (len(self.tmps) - 1) + [self.pos]
+        return [{"path": str(self.final(i)), "size": size, "sha256": "sha256:" + h.hexdigest()}
+                for i, (size, h) in enumerate(zip(sizes, self.hashes, strict=False))]
+
+    def publish(self, parts: list[dict]) -> None:
+        """Rename every part into place; split: drop parts of an older, longer set, then write
+        the sums file, atomically, last. A failure leaves no part of this set at a final path."""
+        if self.split is None:
+            os.replace(self.tmps[0], self.target)
+            return
+        sums = sums_path(self.target)
+        sums.unlink(missing_ok=True)      # an older set must not look complete while replaced
+        done: list[Path] = []
+        try:
+            for i, tmp in enumerate(self.tmps):
+                os.replace(tmp, self.final(i))
+                done.append(self.final(i))
+            n = len(self.tmps) + 1
+            while os.path.lexists(stale := part_path(self.target, n)):
+                stale.unlink()
+                n += 1
+            text = "".join(f"{p['sha256'].removeprefix('sha256:')}  {Path(p['path']).name}\n" for p in parts)
+            tmp = _tmp_beside(sums)
+            try:
+                with open(tmp, "w") as fh:
+                    fh.write(text)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, sums)
+            finally:
+                tmp.unlink(missing_ok=True)
+        except BaseException:
+            for path in done:
+                path.unlink(missing_ok=True)
+            raise
+
+    def discard(self) -> None:
+        """Close and remove every temporary part."""
+        try:
+            self.settle()
+        except OSError:
+            pass
+        if self.fh is not None and not self.fh.closed:
+            self.fh.close()
+        for tmp in self.tmps:
+            tmp.unlink(missing_ok=True)
+
+
 class TarWriter:
     """A bundle tar written front to back: blobs in digest order as they become available, then
     the metadata. Hashes the tar as it goes; `finish()` renames it into place, `abort()` drops it.
     Its methods block (file I/O): call them from a worker thread in async code."""
 
-    def __init__(self, target: Path):
+    def __init__(self, target: Path, split: int | None = None):
+        if split is not None and split < 1:
+            raise ValueError(f"split size must be positive, not {split}")
         self.target, self.tmp = Path(target), _tmp_beside(Path(target))
+        self.split = split
+        self.parts: list[dict] = []      # after finish(), with split: [{path, size, sha256}]
+        self.sums_path = sums_path(self.target) if split else None
         self.size, self._flushed, self._flush = 0, 0, None
         self._buf = bytearray(COPY_CHUNK)
         self._view = memoryview(self._buf)
         self._hash = hashlib.sha256()
         try:
             self.target.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.tmp, "wb", buffering=0)
+            self._fh = _Parts(self.target, split)
             self._write(_info("oci-layout", len(OCI_LAYOUT)) + _pad(OCI_LAYOUT))
             self._write(_info("blobs", directory=True) + _info("blobs/sha256", directory=True))
         except OSError as exc:
@@ -172,19 +317,24 @@ class TarWriter:
         Returns False, with the tar as it was before, if the download fails. A download that
         starts over (a server ignoring Range) is followed again from its first byte.
         """
-        start, hash_at_start = self.size, self._hash.copy()
+        start, hash_at_start = self.size, self._mark()
         name = f"blobs/sha256/{digest_hex(blob.digest)}"
         try:
             try:
                 src = open(blob.tmp, "rb", buffering=0)
             except FileNotFoundError:       # it ended before we looked: failed, or in the store
+                # commit() renames the file before it announces "committed" (and abort() unlinks
+                # before "failed"): wait for the announcement, or a committed blob is left out.
+                with blob.changed:
+                    while blob.state == "writing":
+                        blob.changed.wait(1.0)
                 if blob.state == "committed":
                     self.add_blob(blob.store, blob.digest, verify=False)
                     return True
                 return False
             with src:
                 self._write(_info(name, blob.expected_size))
-                body, hash_at_body = self.size, self._hash.copy()
+                body, hash_at_body = self.size, self._mark()
                 pos, generation = 0, blob.generation
                 while True:
                     with blob.changed:
@@ -213,15 +363,22 @@ class TarWriter:
         except OSError as exc:
             raise self._error(exc) from None
 
-    def _rollback(self, offset: int, hash_state) -> None:
-        """Cut the tar back to `offset`, whose hash state was `hash_state`."""
-        self._fh.truncate(offset)
-        self._fh.seek(offset)
+    def _mark(self):
+        """The hash states at the current offset, for `_rollback`."""
+        return self._hash.copy(), self._fh.mark()
+
+    def _rollback(self, offset: int, mark) -> None:
+        """Cut the tar back to `offset`, where `_mark()` returned `mark`."""
+        if self.split:
+            self._settle()    # no background flush on a part that may be closed now
+        hash_state, parts_mark = mark
+        self._fh.rollback(parts_mark)
         self.size, self._hash = offset, hash_state
         self._flushed = min(self._flushed, offset)
 
     def finish(self, content: BundleContent) -> tuple[int, str]:
-        """Write index.json and manifest.json, close, fsync, rename; returns (size, sha256)."""
+        """Write index.json and manifest.json, close, fsync, rename; returns (size, sha256) of
+        the whole tar. With split, `self.parts` then lists each part's path, size and sha256."""
         try:
             for name, data in (("index.json", content.index_json()),
                                ("manifest.json", content.manifest_json())):
@@ -229,9 +386,9 @@ class TarWriter:
             self._write(bytes(2 * BLOCK))                      # end-of-archive marker
             self._write(bytes(-self.size % tarfile.RECORDSIZE))  # as tar(1) and tarfile pad
             self._settle()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
-            os.replace(self.tmp, self.target)
+            parts = self._fh.close()
+            self._fh.publish(parts)
+            self.parts = parts
         except OSError as exc:
             self.abort()
             raise self._error(exc) from None
@@ -249,10 +406,9 @@ class TarWriter:
             self._settle()
         except OSError:
             pass
-        fh = getattr(self, "_fh", None)
-        if fh and not fh.closed:
-            fh.close()
-        self.tmp.unlink(missing_ok=True)
+        parts = getattr(self, "_fh", None)
+        if parts is not None:
+            parts.discard()
 
 
 BLOCK = tarfile.BLOCKSIZE

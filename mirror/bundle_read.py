@@ -17,10 +17,17 @@ extract the tar (absolute paths, `..`, links, devices) are refused before anythi
 
     BundleError            damaged or unsafe bundle (exit 1)
     └── NotABundleError    not a bundle at all: missing path, not a tar, no layout (exit 2)
+
+A split bundle (`sync --split`: `NAME.tar.001`, `NAME.tar.002`, … and `NAME.tar.sha256sums`) is
+opened by its first part or by its base name `NAME.tar` (when that file does not exist) and read
+as the one tar its parts make (`PartsFile`). A missing part is named; so is a part whose size
+cannot be right. Checking the parts' sha256 is verify's job (it reads every byte anyway).
 """
 
 from __future__ import annotations
 
+import bisect
+import glob
 import io
 import json
 import os
@@ -28,6 +35,7 @@ import re
 import stat
 import tarfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import BundleError, MirrorError, NotABundleError
@@ -82,6 +90,182 @@ def blob_digest(name: str) -> str | None:
     return f"sha256:{m.group(1)}" if m else None
 
 
+def pread(fh, n: int, offset: int) -> bytes:
+    """Up to n bytes at offset of a tar file or a `PartsFile`, without moving any position."""
+    if isinstance(fh, PartsFile):
+        return fh.pread(n, offset)
+    return os.pread(fh.fileno(), n, offset)
+
+
+_PART = re.compile(r"(.+)\.(\d{3,})")
+_SUMS_LINE = re.compile(r"([0-9a-fA-F]{64}) [ *](.+)")
+
+
+def part_path(base: Path, number: int) -> Path:
+    return base.with_name(f"{base.name}.{number:03d}")
+
+
+def _sums(base: Path) -> Path:
+    return base.with_name(f"{base.name}.sha256sums")
+
+
+@dataclass
+class SplitBundle:
+    """The parts of a split bundle, in order: those its sums file lists, else those found."""
+
+    base: Path                       # NAME.tar
+    parts: list[Path]
+    sums: dict[Path, str] | None     # part -> sha256 hex, from NAME.tar.sha256sums
+
+    @property
+    def sums_path(self) -> Path:
+        return _sums(self.base)
+
+    def missing(self) -> list[Path]:
+        return [p for p in self.parts if not p.is_file()]
+
+    def missing_message(self, missing: list[Path]) -> str:
+        listed = f"listed in {self.sums_path.name}" if self.sums is not None else "found"
+        return (f"{', '.join(map(str, missing))} {'is' if len(missing) == 1 else 'are'} missing "
+                f"(split bundle {self.base}: {len(self.parts)} parts {listed})")
+
+    def size_problems(self) -> list[str]:
+        """Every part but the last has the split size; the last is not longer. Parts that break
+        this are named (the size most parts have is taken as the right one)."""
+        sizes = [p.stat().st_size for p in self.parts]
+        if len(sizes) < 2:
+            return []
+        full = sizes[:-1]
+        want = max(set(full), key=lambda x: (full.count(x), x))
+        out = [f"{p}: {n} bytes, but every part before the last has {want} (truncated or damaged part)"
+               for p, n in zip(self.parts, full, strict=False) if n != want]
+        if sizes[-1] > want:
+            out.append(f"{self.parts[-1]}: {sizes[-1]} bytes, more than the {want} of each part "
+                       "before it (a part of another bundle?)")
+        return out
+
+
+def find_split(path) -> SplitBundle | None:
+    """The split bundle `path` names (`NAME.tar.001`, or `NAME.tar` when that does not exist but
+    its parts or sums file do), else None. BundleError if its sums file is malformed."""
+    p = Path(path)
+    m = _PART.fullmatch(p.name)
+    if m and not p.is_dir():
+        base = p.with_name(m.group(1))
+        if not (part_path(base, 1).exists() or _sums(base).exists()):
+            return None
+    elif not os.path.lexists(p) and (part_path(p, 1).exists() or _sums(p).exists()):
+        base = p
+    else:
+        return None
+    sums = _read_sums(base)
+    if sums is not None:
+        return SplitBundle(base, list(sums), sums)
+    parts, n = [], 1
+    while part_path(base, n).is_file():
+        parts.append(part_path(base, n))
+        n += 1
+    # Parts after a gap: the gap is a missing part, not the end.
+    prefix = base.name + "."
+    later = [int(q.name[len(prefix):]) for q in base.parent.glob(f"{glob.escape(prefix)}[0-9]*")
+             if q.name[len(prefix):].isdigit()]
+    parts += [part_path(base, i) for i in range(n, max(later, default=0) + 1)]
+    return SplitBundle(base, parts, None)
+
+
+def _read_sums(base: Path) -> dict[Path, str] | None:
+    sums = _sums(base)
+    try:
+        text = sums.read_text()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{sums}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+    out: dict[Path, str] = {}
+    numbers = []
+    for no, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        m = _SUMS_LINE.fullmatch(line)
+        part = _PART.fullmatch(m.group(2)) if m else None
+        if not part or part.group(1) != base.name:
+            raise BundleError(f"{sums}:{no}: not a `<sha256>  {base.name}.NNN` line (damaged sums file)")
+        out[base.with_name(m.group(2))] = m.group(1).lower()
+        numbers.append(int(part.group(2)))
+    if numbers != list(range(1, len(numbers) + 1)):
+        raise BundleError(f"{sums}: lists parts {numbers}, not 1 to {len(numbers)} in order "
+                          "(damaged sums file)")
+    return out
+
+
+class PartsFile(io.RawIOBase):
+    """Several files read as one: the parts of a split bundle. `pread(n, offset)` reads across
+    part boundaries without a shared position (safe from several threads); read/seek/tell for
+    tarfile. Has no fileno()."""
+
+    def __init__(self, paths: list[Path]):
+        super().__init__()
+        self.paths, self._fhs, self.ends = list(paths), [], []
+        total = 0
+        try:
+            for path in self.paths:
+                fh = open(path, "rb", buffering=0)
+                self._fhs.append(fh)
+                total += os.fstat(fh.fileno()).st_size
+                self.ends.append(total)
+        except OSError as exc:
+            self.close()
+            raise BundleError(f"{exc.filename}: cannot read ({exc.strerror})") from None
+        self.size, self._pos, self.name = total, 0, str(self.paths[0]) if self.paths else ""
+
+    def part_at(self, offset: int) -> int:
+        """The index of the part holding byte `offset` (len(paths) past the end)."""
+        return bisect.bisect_right(self.ends, offset)
+
+    def start(self, i: int) -> int:
+        return self.ends[i - 1] if i else 0
+
+    def pread(self, n: int, offset: int) -> bytes:
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+        out = []
+        i = self.part_at(offset)
+        while n > 0 and i < len(self._fhs):
+            want = min(n, self.ends[i] - offset)
+            data = os.pread(self._fhs[i].fileno(), want, offset - self.start(i))
+            out.append(data)
+            n, offset = n - len(data), offset + len(data)
+            if len(data) < want:     # the part shrank since it was opened
+                break
+            i += 1
+        return b"".join(out)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self.size}[whence]
+        self._pos = max(0, base + pos)
+        return self._pos
+
+    def readinto(self, buf) -> int:
+        data = self.pread(len(buf), self._pos)
+        buf[:len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        for fh in getattr(self, "_fhs", ()):
+            fh.close()
+        super().close()
+
+
 class BlobFile(io.RawIOBase):
     """One blob's bytes inside a larger file, read with pread: seekable, `read(n)` semantics,
     independent of every other BlobFile on the same file."""
@@ -111,7 +295,7 @@ class BlobFile(io.RawIOBase):
         n = min(len(buf), self.size - self._pos)
         if n <= 0:
             return 0
-        data = os.pread(self._fh.fileno(), n, self._offset + self._pos)
+        data = pread(self._fh, n, self._offset + self._pos)
         if not data:    # the file shrank under us, or the tar is truncated
             raise BundleError(f"{self.name}: ends {self.size - self._pos} bytes early (truncated bundle?)")
         buf[:len(data)] = data
@@ -184,6 +368,7 @@ class BundleReader:
     def __init__(self, path: Path, kind: str, blobs: dict[str, tuple[int, int]], meta: dict[str, bytes],
                  fh=None):
         self.path, self.kind, self._blobs, self._fh = path, kind, blobs, fh
+        self.parts: list[Path] = []      # a split bundle's parts, in order
         self.layout_raw = meta["oci-layout"]
         self.index_raw = meta["index.json"]
         self.manifest_json_raw = meta.get("manifest.json")     # optional: classic docker load
@@ -300,6 +485,8 @@ def open_tar(p: Path):
 def open_bundle(path) -> BundleReader:
     """Open a bundle tar or layout directory for reading; BundleError/NotABundleError if it is not one."""
     p = Path(path)
+    if (split := find_split(p)) is not None:
+        return _open_split(split)
     if stat.S_ISDIR(stat_bundle(p).st_mode):
         return _open_dir(p)
     fh = open_tar(p)
@@ -311,9 +498,30 @@ def open_bundle(path) -> BundleReader:
         raise
 
 
+def _open_split(split: SplitBundle) -> BundleReader:
+    if missing := split.missing():
+        raise BundleError(split.missing_message(missing))
+    if problems := split.size_problems():
+        raise BundleError(f"{'; '.join(problems)}; run `imgmirror verify {split.base}` for details")
+    fh = PartsFile(split.parts)
+    try:
+        try:
+            blobs, meta = _scan_tar(fh, split.base)
+        except BundleError as exc:
+            if split.sums is None and not isinstance(exc, NotABundleError):
+                raise BundleError(f"{exc} (no {split.sums_path.name}: is a last part, "
+                                  f"{part_path(split.base, len(split.parts) + 1).name}, missing?)") from None
+            raise
+        reader = BundleReader(split.base, "tar", blobs, meta, fh)
+        reader.parts = list(split.parts)
+        return reader
+    except BaseException:
+        fh.close()
+        raise
+
+
 def _scan_tar(fh, p: Path) -> tuple[dict[str, tuple[int, int]], dict[str, bytes]]:
-    fd = fh.fileno()
-    kind = compression_of(os.pread(fd, 8, 0))
+    kind = compression_of(pread(fh, 8, 0))
     if kind:
         raise not_a_bundle(p, f"it is {kind}-compressed; decompress it first (sync writes plain tars, "
                               "so blobs can be read in place)")
@@ -332,7 +540,7 @@ def _scan_tar(fh, p: Path) -> tuple[dict[str, tuple[int, int]], dict[str, bytes]
             raise BundleError(f"{p}: unsafe entry {m.name!r} ({unsafe}); refusing the whole bundle")
         named.append((name, m))
     end = tf.offset
-    if os.pread(fd, len(END_OF_ARCHIVE), end) != END_OF_ARCHIVE:
+    if pread(fh, len(END_OF_ARCHIVE), end) != END_OF_ARCHIVE:
         after = named[-1][0] if named else "the start"
         raise BundleError(f"{p}: the tar has no end-of-archive marker after {after!r} (truncated, or a "
                           f"damaged header at byte {end}); run `imgmirror verify {p}` for details")
@@ -346,7 +554,7 @@ def _scan_tar(fh, p: Path) -> tuple[dict[str, tuple[int, int]], dict[str, bytes]
         if (digest := blob_digest(name)) and m.isreg():
             blobs[digest] = (m.offset_data, m.size)
         elif name in META_LIMITS and m.isreg():
-            meta[name] = _bounded(p, name, m.size, lambda m=m: os.pread(fd, m.size, m.offset_data))
+            meta[name] = _bounded(p, name, m.size, lambda m=m: pread(fh, m.size, m.offset_data))
     _require_layout(p, meta)
     return blobs, meta
 

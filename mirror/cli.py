@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="progress bars (default: when stderr is a terminal)")
     s.add_argument("--to", metavar="REGISTRY[/PREFIX]",
                    help="push into this registry from the cache (no bundle unless -o is given too)")
+    s.add_argument("--split", metavar="SIZE", help="write the bundle tar as NAME.tar.001, .002, … of at "
+                   "most SIZE each (K, M, G suffixes), and NAME.tar.sha256sums")
     s.add_argument("-v", "--verbose", action="count", default=0)
     s.add_argument("-q", "--quiet", action="store_true", help="only failures and the summary")
 
@@ -72,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_size(text: str) -> int:
+def parse_size(text: str, minimum: int = 64 * 1024) -> int:
     """`64M` -> 67108864; K, M, G, T are powers of 1024."""
     units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
     t = text.strip().upper().removesuffix("B").removesuffix("I")
@@ -81,8 +83,8 @@ def parse_size(text: str) -> int:
         value = int(float(number) * units[unit])
     except ValueError:
         raise UsageError(f"{text!r} is not a size; write e.g. 64M, 700M or 4G") from None
-    if value < 64 * 1024:
-        raise UsageError(f"{text!r}: a chunk must be at least 64K")
+    if value < minimum:
+        raise UsageError(f"{text!r}: the size must be at least {minimum} bytes")
     return value
 
 
@@ -107,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_sync(args) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
+    split = parse_size(args.split, minimum=4096) if args.split else None
+    if split and args.to and not args.output:
+        raise UsageError("--split cuts a bundle tar into parts; with --to, give -o too")
+    if split and args.output and (args.output.endswith("/") or os.path.isdir(args.output)):
+        raise UsageError("--split applies to a bundle tar, not to a layout directory")
     spec = load_spec(args.manifest)      # validation before any network request
     cache = args.cache or spec.cache
     if cache and not args.cache and not os.path.isabs(os.path.expanduser(cache)):
@@ -115,7 +122,7 @@ def cmd_sync(args) -> int:
     verbosity = -1 if args.quiet else args.verbose
     progress = make_progress(args.progress, verbosity)
     opts = SyncOptions(output=args.output, jobs=args.jobs, dry_run=args.dry_run, fail_fast=args.fail_fast,
-                       push_to=Destination.parse(args.to) if args.to else None)
+                       push_to=Destination.parse(args.to) if args.to else None, split=split)
     try:
         with store.lock(wait=args.wait_lock):
             result = asyncio.run(Syncer(spec, store, opts, progress).run())

@@ -59,6 +59,7 @@ class SyncOptions:
     fail_fast: bool = False
     to_dir: bool = False
     push_to: Destination | None = None     # sync --to: push from the cache into this registry
+    split: int | None = None               # --split SIZE: NAME.tar.001, .002, … of at most SIZE bytes
 
 
 @dataclass
@@ -134,7 +135,7 @@ class Syncer:
                         self.blob(it.reg, it.res.ref.repository, desc)
                     tasks = [asyncio.ensure_future(self.fetch_one(it)) for it in live]
                     if self.wants_bundle() and not self.dir_output():
-                        writer = TarWriter(Path(self.output_path()))
+                        writer = TarWriter(Path(self.output_path()), split=self.opts.split)
                         tasks.append(asyncio.ensure_future(self.feed(writer, live)))
                     for fut in asyncio.as_completed(tasks):
                         await fut
@@ -351,7 +352,11 @@ class Syncer:
             write_dir(target, self.store, content)
             return {"path": str(target), "format": "directory", **summary}
         size, sha = writer.finish(content)
-        return {"path": str(writer.target), "format": "tar", "size": size, "sha256": sha, **summary}
+        out = {"path": str(writer.target), "format": "tar", "size": size, "sha256": sha, **summary}
+        if writer.parts:          # --split: [{path, size, sha256}] of every part, in order
+            out["parts"] = writer.parts
+            out["sha256sums"] = str(writer.sums_path)
+        return out
 
     def load_entry(self, res: Resolved, wanted: Platform) -> LoadEntry | None:
         """The docker-load view of an image for one platform, if it has it (Linux only)."""

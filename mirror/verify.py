@@ -8,6 +8,10 @@ checks done at the end. It never stops at the first problem: every one is listed
 A problem means the bundle is damaged or unsafe (exit 1). Things that are legal but worth
 knowing (a sparse index, a foreign layer, no manifest.json) are warnings (exit 0). A path that
 is not a bundle at all raises NotABundleError (exit 2).
+
+A split bundle (`NAME.tar.001`, … or the base name `NAME.tar`) is read as the one stream its
+parts make; each part is hashed on the way too and checked against `NAME.tar.sha256sums`, and a
+missing or damaged part is a problem that names it.
 """
 
 from __future__ import annotations
@@ -23,10 +27,10 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .bundle_read import (END_OF_ARCHIVE, MAX_READ, META_LIMITS, blob_digest, check_member,
-                          compression_of, iter_tree, not_a_bundle, open_bundle, open_tar, parse_index,
-                          stat_bundle)
-from .errors import BundleError, MirrorError, UsageError
+from .bundle_read import (END_OF_ARCHIVE, MAX_READ, META_LIMITS, PartsFile, SplitBundle, blob_digest,
+                          check_member, compression_of, find_split, iter_tree, not_a_bundle, open_bundle,
+                          open_tar, parse_index, stat_bundle)
+from .errors import BundleError, MirrorError, NotABundleError, UsageError
 from .oci import ANN_SOURCE_DIGEST, MANIFEST_TYPES, Descriptor, sha256_digest
 from .plan import FOREIGN_LAYER_TYPES
 from .progress import human
@@ -48,6 +52,7 @@ class VerifyResult:
     sha256: str | None = None        # the tar's sha256 (None for a directory)
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    parts: list[str] = field(default_factory=list)     # a split bundle's parts, in order
 
     @property
     def ok(self) -> bool:
@@ -57,6 +62,8 @@ class VerifyResult:
         """One line: verdict, counts and the tar's digest."""
         verdict = "ok" if self.ok else f"{len(self.problems)} problem{'s' * (len(self.problems) != 1)}"
         tail = f"; tar {human(self.size or 0)}, {self.sha256}" if self.sha256 else ""
+        if self.parts:
+            tail += f"; {len(self.parts)} parts"
         return (f"{self.path}: {verdict}: {self.images} images, {self.blobs} blobs, "
                 f"{human(self.bytes)}{tail}")
 
@@ -149,6 +156,73 @@ class _HashingSource:
     def drain(self) -> None:
         while self._raw(CHUNK):
             pass
+
+
+class _PartStream:
+    """A split bundle's parts read front to back as one stream, each part hashed on the way."""
+
+    def __init__(self, fh: PartsFile):
+        self.fh, self.pos = fh, 0
+        self.hashes = [hashlib.sha256() for _ in fh.paths]
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.fh.pread(CHUNK if n is None or n < 0 else n, self.pos)
+        view, at = memoryview(data), self.pos
+        while view:
+            i = self.fh.part_at(at)
+            take = min(len(view), self.fh.ends[i] - at)
+            self.hashes[i].update(view[:take])
+            view, at = view[take:], at + take
+        self.pos += len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(CHUNK):
+            pass
+
+
+def _scan_split(split: SplitBundle, where: str, inv: _Inventory, res: VerifyResult,
+                stack: contextlib.ExitStack) -> bool:
+    """Verify a split bundle's parts and, as one stream, the tar they make. False when there
+    is no tar to check the references of (a part is missing at the start, or so damaged that
+    the stream is not a tar at all)."""
+    res.parts = [str(p) for p in split.parts]
+    missing = split.missing()
+    if missing:
+        res.problems.append(split.missing_message(missing))
+    present = split.parts[:split.parts.index(missing[0])] if missing else split.parts
+    if not present:
+        return False
+    if split.sums is None:
+        res.warnings.append(f"no {split.sums_path.name}: the parts' own sha256 were not checked")
+        if not missing:
+            res.problems += split.size_problems()
+    fh = stack.enter_context(PartsFile(present))
+    inv.reread = lambda d: fh.pread(inv.sizes[d], inv.offsets[d])
+    stream = _PartStream(fh)
+    problems_before = len(res.problems)
+
+    def check_parts() -> list[str]:
+        stream.drain()
+        out = []
+        for part, h in zip(present, stream.hashes, strict=False):
+            want = (split.sums or {}).get(part)
+            if want is not None and h.hexdigest() != want:
+                out.append(f"{part}: damaged: its sha256 is {h.hexdigest()}, {split.sums_path.name} "
+                           f"says {want}")
+        return out
+
+    try:
+        _scan_tar(stream, where, inv, res)
+    except NotABundleError:
+        damaged = check_parts()
+        if not damaged and len(res.problems) == problems_before and not missing:
+            raise
+        res.problems[problems_before:problems_before] = damaged
+        return False
+    # The parts first: they say where to look; the tar's own problems follow.
+    res.problems[problems_before:problems_before] = check_parts()
+    return True
 
 
 def _scan_tar(src, where: str, inv: _Inventory, res: VerifyResult) -> None:
@@ -248,7 +322,11 @@ def verify_bundle(path, stream=None) -> VerifyResult:
     res, p = VerifyResult(str(path)), Path(path)
     inv = _Inventory(res)
     with contextlib.ExitStack() as stack:
-        if stream is None and stat.S_ISDIR(stat_bundle(p).st_mode):
+        split = find_split(p) if stream is None else None
+        if split is not None:
+            if not _scan_split(split, str(path), inv, res, stack):
+                return res
+        elif stream is None and stat.S_ISDIR(stat_bundle(p).st_mode):
             res.kind = "dir"
             _scan_dir(p, inv, res)
         else:
