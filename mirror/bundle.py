@@ -64,6 +64,7 @@ class BundleContent:
 
     images: list[BundleImage] = field(default_factory=list)
     blobs: dict[str, int] = field(default_factory=dict)    # digest -> size
+    annotations: dict[str, str] = field(default_factory=dict)   # of index.json itself
 
     def index_json(self) -> bytes:
         manifests = []
@@ -77,8 +78,11 @@ class BundleContent:
             d["annotations"] = ann
             d.pop("platform", None)
             manifests.append(d)
-        return _json({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-                      "manifests": manifests})
+        index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                 "manifests": manifests}
+        if self.annotations:
+            index["annotations"] = dict(self.annotations)
+        return _json(index)
 
     def manifest_json(self) -> bytes:
         entries = [{"Config": f"blobs/sha256/{digest_hex(i.load.config)}",

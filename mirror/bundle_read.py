@@ -601,3 +601,56 @@ def _open_dir(p: Path) -> BundleReader:
             for name, st in meta_st.items()}
     _require_layout(p, meta)
     return BundleReader(p, "dir", blobs, meta)
+
+
+class MultiBundle:
+    """Several bundles read as one source (push BASE DIFF1 DIFF2 …): blobs come from whichever
+    holds them; an image named in a later bundle replaces the same name in an earlier one."""
+
+    def __init__(self, readers: list[BundleReader]):
+        self.readers = readers
+        self.path = readers[-1].path
+        named: dict[str, tuple[str | None, Descriptor]] = {}
+        unnamed = []
+        for r in readers:
+            for ref, desc in r.images:
+                if ref:
+                    named[ref] = (ref, desc)
+                else:
+                    unnamed.append((ref, desc))
+        self.images = list(named.values()) + unnamed
+
+    def _holder(self, digest: str) -> BundleReader:
+        for r in reversed(self.readers):
+            if r.has(digest):
+                return r
+        raise BundleError(f"blob {digest} is in none of the bundles given")
+
+    def has(self, digest: str) -> bool:
+        return any(r.has(digest) for r in self.readers)
+
+    def size(self, digest: str) -> int:
+        return self._holder(digest).size(digest)
+
+    def read(self, digest: str) -> bytes:
+        return self._holder(digest).read(digest)
+
+    def open_blob(self, digest: str):
+        return self._holder(digest).open_blob(digest)
+
+    def close(self) -> None:
+        for r in self.readers:
+            r.close()
+
+
+def open_bundles(paths) -> MultiBundle:
+    """Open several bundles as one source; all are closed if one cannot be opened."""
+    readers: list[BundleReader] = []
+    try:
+        for p in paths:
+            readers.append(open_bundle(p))
+    except BaseException:
+        for r in readers:
+            r.close()
+        raise
+    return MultiBundle(readers)

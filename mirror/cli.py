@@ -16,6 +16,7 @@ from pathlib import Path
 from . import __version__
 from .errors import MirrorError, UsageError, exit_code
 from .progress import Progress, human, make_progress
+from .diff import load_base
 from .oci import ANN_TARGET
 from .push import Destination, PushImage, PushOptions, push_images
 from .spec import RegistryConfig, load_spec
@@ -48,13 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="progress bars (default: when stderr is a terminal)")
     s.add_argument("--to", metavar="REGISTRY[/PREFIX]",
                    help="push into this registry from the cache (no bundle unless -o is given too)")
+    s.add_argument("--since", metavar="PREVIOUS", help="a differential bundle: leave out the blobs "
+                   "PREVIOUS (an earlier bundle, or its --report JSON) carried")
     s.add_argument("--split", metavar="SIZE", help="write the bundle tar as NAME.tar.001, .002, … of at "
                    "most SIZE each (K, M, G suffixes), and NAME.tar.sha256sums")
     s.add_argument("-v", "--verbose", action="count", default=0)
     s.add_argument("-q", "--quiet", action="store_true", help="only failures and the summary")
 
     u = sub.add_parser("push", help="push the images of a bundle into a registry")
-    u.add_argument("bundle", help="a bundle tar written by sync, or a layout directory")
+    u.add_argument("bundle", nargs="+", help="a bundle tar written by sync, or a layout directory; "
+                   "several: a base and the differential bundles made on it, in order")
     u.add_argument("--to", required=True, metavar="REGISTRY[/PREFIX]", help="the registry (and path prefix)")
     u.add_argument("--config", metavar="MIRROR.yaml", help="take the registry's settings and credentials "
                    "from the registries: section of this manifest")
@@ -110,6 +114,9 @@ def cmd_sync(args) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
     split = parse_size(args.split, minimum=4096) if args.split else None
+    if args.since and args.to and not args.output:
+        raise UsageError("--since makes a differential bundle: give -o too, or drop --since to push "
+                         "everything with --to")
     if split and args.to and not args.output:
         raise UsageError("--split cuts a bundle tar into parts; with --to, give -o too")
     if split and args.output and (args.output.endswith("/") or os.path.isdir(args.output)):
@@ -122,7 +129,8 @@ def cmd_sync(args) -> int:
     verbosity = -1 if args.quiet else args.verbose
     progress = make_progress(args.progress, verbosity)
     opts = SyncOptions(output=args.output, jobs=args.jobs, dry_run=args.dry_run, fail_fast=args.fail_fast,
-                       push_to=Destination.parse(args.to) if args.to else None, split=split)
+                       push_to=Destination.parse(args.to) if args.to else None, split=split,
+                       since=load_base(args.since) if args.since else None)
     try:
         with store.lock(wait=args.wait_lock):
             result = asyncio.run(Syncer(spec, store, opts, progress).run())
@@ -146,12 +154,12 @@ def cmd_push(args) -> int:
     chunk = parse_size(args.chunk_size)
     registries = load_spec(args.config).registries if args.config else {}
     cfg = registries.get(dest.host, RegistryConfig())
-    from .bundle_read import open_bundle   # the bundle reader is push's alone
-    reader = open_bundle(args.bundle)
+    from .bundle_read import open_bundle, open_bundles   # the bundle reader is push's alone
+    reader = open_bundles(args.bundle) if len(args.bundle) > 1 else open_bundle(args.bundle[0])
     unnamed = [desc.digest for ref, desc in reader.images if not ref]
     if unnamed:
         reader.close()
-        raise UsageError(f"{args.bundle}: index.json entries without org.opencontainers.image.ref.name "
+        raise UsageError(f"{args.bundle[0]}: index.json entries without org.opencontainers.image.ref.name "
                          f"({', '.join(unnamed)}); push needs a name for each image")
     images = [PushImage(ref, desc, desc.annotations.get(ANN_TARGET)) for ref, desc in reader.images]
     progress = make_progress(args.progress, -1 if args.quiet else args.verbose)

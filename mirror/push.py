@@ -100,6 +100,7 @@ class _Plan:
     tag: str | None
     manifests: list[Manifest] = field(default_factory=list)   # children first, top last
     blobs: dict[str, Descriptor] = field(default_factory=dict)
+    lacking: dict[str, Descriptor] = field(default_factory=dict)   # not in any source bundle
 
 
 class Pusher:
@@ -138,8 +139,10 @@ class Pusher:
                     self._walk(plan, child, depth + 1)
         else:
             for b in m.blobs:
-                if self._has(b.digest):          # foreign layers are not in the bundle
+                if self._has(b.digest):
                     plan.blobs[b.digest] = b
+                elif not b.urls:                 # foreign layers are fetched from their URLs
+                    plan.lacking[b.digest] = b   # a differential bundle's, from its base
         plan.manifests.append(m)
 
     def _has(self, digest: str) -> bool:
@@ -152,6 +155,7 @@ class Pusher:
     async def run(self, images: list[PushImage]) -> PushResult:
         started = time.monotonic()
         plans = self.plan(images)
+        await self.check_lacking(plans)
         self.progress.images_total(len(plans))
         tasks = [asyncio.ensure_future(self.push_one(p)) for p in plans]
         try:
@@ -175,6 +179,23 @@ class Pusher:
                   "seconds": round(time.monotonic() - started, 3)}
         dest = self.dest.host + (f"/{self.dest.prefix}" if self.dest.prefix else "")
         return PushResult(list(reports), totals, dest)
+
+    async def check_lacking(self, plans: list[_Plan]) -> None:
+        """Blobs no bundle holds (a differential bundle's, from its base) must already be in the
+        registry: refuse before any manifest is pushed, naming them and the images that need them."""
+        wanted = {(p.repo, d): p for p in plans for d in p.lacking}
+        if not wanted:
+            return
+        present = await asyncio.gather(*(self.up.blob_exists(repo, d) for repo, d in wanted))
+        missing: dict[str, list[str]] = {}
+        for (repo, d), ok in zip(wanted, present, strict=True):
+            if not ok:
+                missing.setdefault(d, []).append(wanted[(repo, d)].image.ref_name)
+        if missing:
+            lines = "; ".join(f"{d} (needed by {', '.join(sorted(set(refs)))})" for d, refs in sorted(missing.items()))
+            raise MirrorError(f"{len(missing)} blobs are in no bundle given and not in {self.dest.host}: "
+                              f"{lines}. This is a differential bundle: push its base first, or give the "
+                              "base bundles on the same command line (push BASE DIFF1 DIFF2 …); nothing was pushed")
 
     async def push_one(self, plan: _Plan) -> PushReport:
         started = time.monotonic()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import concurrent.futures
 import os
 import time
@@ -12,8 +13,9 @@ from pathlib import Path
 import aiohttp
 
 from .bundle import BundleContent, BundleImage, LoadEntry, TarWriter, blob_order, write_dir
+from .diff import ANN_BASE, ANN_EXPECTED, Base, expected_doc
 from .errors import MirrorError
-from .oci import Descriptor, image_platform
+from .oci import Descriptor, image_platform, sha256_digest
 from .platform import Platform, from_oci, matches, parse_platform
 from .progress import Progress, human
 from .reference import Reference
@@ -60,6 +62,7 @@ class SyncOptions:
     to_dir: bool = False
     push_to: Destination | None = None     # sync --to: push from the cache into this registry
     split: int | None = None               # --split SIZE: NAME.tar.001, .002, … of at most SIZE bytes
+    since: Base | None = None              # --since: a differential bundle on this base
 
 
 @dataclass
@@ -96,6 +99,8 @@ class Syncer:
         self.inflight: dict[str, asyncio.Future] = {}
         self.fetched: set[str] = set()      # digests downloaded (and verified) by this run
         self.started: dict[str, asyncio.Future] = {}   # digest -> its BlobWriter, once under way
+        self.excluded: set[str] = set()     # --since: blobs the base bundle carried
+        self.expected_blob: tuple[str, int] | None = None   # --since: (digest, size) of that list
         self.downloaded = 0
 
     def registry(self, session: aiohttp.ClientSession, ref: Reference) -> Registry:
@@ -124,6 +129,7 @@ class Syncer:
             live = [it for it in items if it.res is not None]
             tasks: list[asyncio.Future] = []
             try:
+                self.plan_differential(live)
                 if live and not self.opts.dry_run:
                     # 2. Fetch every missing blob once; write the tar in digest order meanwhile.
                     missing = self.missing(live)
@@ -193,9 +199,22 @@ class Syncer:
         out: dict[str, tuple[Descriptor, Item]] = {}
         for it in items:
             for d, desc in it.res.blobs.items():
-                if d not in out and not self.store.has(d):
+                if d not in out and d not in self.excluded and not self.store.has(d):
                     out[d] = (desc, it)
         return out
+
+    def plan_differential(self, items: list[Item]) -> None:
+        """--since: leave out the blobs the base carried (manifests always travel), and record
+        which ones this bundle expects from it."""
+        base = self.opts.since
+        if base is None or not items:
+            return
+        manifests = {d for it in items for d in it.res.manifests}
+        self.excluded = set(base.carried) - manifests
+        expected = {d: size for it in items for d, size in it.res.sizes().items() if d in self.excluded}
+        doc = expected_doc(base, expected)
+        self.expected_blob = (sha256_digest(doc), len(doc))
+        self.store.put(self.expected_blob[0], doc)
 
     def dir_output(self) -> bool:
         target = self.output_path()
@@ -250,7 +269,7 @@ class Syncer:
     async def fetch_one(self, item: Item) -> None:
         """Download what one image lacks (shared downloads are joined, not repeated)."""
         res = item.res
-        missing = [d for d in res.blobs.values() if not self.store.has(d.digest)]
+        missing = [d for d in res.blobs.values() if not self.store.has(d.digest) and d.digest not in self.excluded]
         # Wait for every blob even after one failed: what did arrive is kept for next time.
         results = await asyncio.gather(*(self.blob(item.reg, res.ref.repository, d) for d in missing),
                                        return_exceptions=True)
@@ -286,7 +305,10 @@ class Syncer:
         for it in items:
             for d in it.res.sizes():
                 needed_by.setdefault(d, []).append(it)
-        sizes = {d: size for it in items for d, size in it.res.sizes().items()}
+        sizes = {d: size for it in items for d, size in it.res.sizes().items() if d not in self.excluded}
+        if self.expected_blob:
+            sizes[self.expected_blob[0]] = self.expected_blob[1]
+            needed_by[self.expected_blob[0]] = [it for it in items]
         run = asyncio.get_running_loop().run_in_executor
         for digest in blob_order(sizes):
             if all(it.report.status == "failed" for it in needed_by[digest]):
@@ -340,13 +362,22 @@ class Syncer:
         content = BundleContent()
         load_platform = self.spec.load_platform or DEFAULT_LOAD_PLATFORM
         for res in resolved:
-            content.blobs.update(res.sizes())
+            content.blobs.update({d: n for d, n in res.sizes().items() if d not in self.excluded})
             # name:tag@digest is named by its tag (docker load needs one); by digest only, by digest
             ref_name = str(res.ref.with_tag(res.ref.tag)) if res.ref.tag else str(res.ref)
             content.images.append(BundleImage(
                 ref_name=ref_name, descriptor=res.top, source_digest=res.source_digest, target=res.target,
                 load=self.load_entry(res, load_platform) if res.ref.tag else None, tag=res.ref.tag))
-        summary = {"images": len(content.images), "blobs": len(content.blobs)}
+        carried = set(content.blobs)
+        if self.expected_blob:
+            digest, size = self.expected_blob
+            content.blobs[digest] = size
+            content.annotations = {ANN_BASE: self.opts.since.index_sha256, ANN_EXPECTED: digest}
+            carried |= {b["digest"] for b in json.loads(self.store.read(digest))["blobs"]}
+        summary = {"images": len(content.images), "blobs": len(content.blobs),
+                   # what a later --since needs from this bundle: the sha256 of its index.json and
+                   # every digest it holds or expects from its own base
+                   "index_sha256": sha256_digest(content.index_json()), "carried": sorted(carried)}
         if writer is None:
             target = Path(self.output_path())
             write_dir(target, self.store, content)
@@ -364,7 +395,8 @@ class Syncer:
             if platform is None or platform.os != "linux" or not matches(wanted, platform):
                 continue
             layers = tuple(d.digest for d in m.layers)
-            if m.config and all(d in res.blobs for d in layers):
+            # docker load needs every layer in the tar: not so in a differential bundle
+            if m.config and all(d in res.blobs and d not in self.excluded for d in (*layers, m.config.digest)):
                 return LoadEntry(config=m.config.digest, layers=layers)
         return None
 

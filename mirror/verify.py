@@ -31,6 +31,7 @@ from .bundle_read import (END_OF_ARCHIVE, MAX_READ, META_LIMITS, PartsFile, Spli
                           check_member, compression_of, find_split, iter_tree, not_a_bundle, open_bundle,
                           open_tar, parse_index, stat_bundle)
 from .errors import BundleError, MirrorError, NotABundleError, UsageError
+from .diff import ANN_EXPECTED
 from .oci import ANN_SOURCE_DIGEST, MANIFEST_TYPES, Descriptor, sha256_digest
 from .plan import FOREIGN_LAYER_TYPES
 from .progress import human
@@ -53,6 +54,8 @@ class VerifyResult:
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     parts: list[str] = field(default_factory=list)     # a split bundle's parts, in order
+    expected: dict[str, int] = field(default_factory=dict)   # a differential bundle's, from its base
+    base_carried: set[str] | None = None   # verify --base: what the bases given carry
 
     @property
     def ok(self) -> bool:
@@ -64,6 +67,8 @@ class VerifyResult:
         tail = f"; tar {human(self.size or 0)}, {self.sha256}" if self.sha256 else ""
         if self.parts:
             tail += f"; {len(self.parts)} parts"
+        if self.expected:
+            tail += f"; differential: {len(self.expected)} blobs expected from its base"
         return (f"{self.path}: {verdict}: {self.images} images, {self.blobs} blobs, "
                 f"{human(self.bytes)}{tail}")
 
@@ -316,10 +321,14 @@ def _scan_tree(root: Path, rel: str, inv: _Inventory, res: VerifyResult) -> None
             res.warnings.append(f"{name}: unexpected file (ignored; a leftover temporary file?)")
 
 
-def verify_bundle(path, stream=None) -> VerifyResult:
+def verify_bundle(path, stream=None, bases=()) -> VerifyResult:
     """Check a bundle tar or layout directory; `stream` reads a tar from that binary file object
-    instead (`path` then only names it). NotABundleError if it is not a bundle at all."""
+    instead (`path` then only names it). NotABundleError if it is not a bundle at all. For a
+    differential bundle, `bases` (earlier bundles) must between them carry what it expects."""
     res, p = VerifyResult(str(path)), Path(path)
+    if bases:
+        from .diff import load_base
+        res.base_carried = set().union(*(load_base(str(b)).carried for b in bases))
     inv = _Inventory(res)
     with contextlib.ExitStack() as stack:
         split = find_split(p) if stream is None else None
@@ -352,6 +361,7 @@ def _check(inv: _Inventory, res: VerifyResult) -> None:
         except MirrorError as exc:
             res.problems.append(str(exc))
     res.images = len(images)
+    _check_differential(inv, res)
     refs = collections.Counter(ref for ref, _ in images if ref)
     res.problems += [f"index.json: {ref} appears {n} times" for ref, n in refs.items() if n > 1]
     checked: set[str] = set()
@@ -384,6 +394,31 @@ def _check(inv: _Inventory, res: VerifyResult) -> None:
     _check_docker_manifest(inv, res)
 
 
+def _check_differential(inv, res: VerifyResult) -> None:
+    """A differential bundle lists the blobs it expects from its base: those may be absent."""
+    try:
+        annotations = json.loads(inv.meta["index.json"]).get("annotations") or {}
+    except (KeyError, ValueError, AttributeError):
+        return
+    digest = annotations.get(ANN_EXPECTED)
+    if not digest:
+        return
+    if not inv.has(digest):
+        res.problems.append(f"index.json: the list of blobs expected from the base ({digest}) is not "
+                            "in the bundle")
+        return
+    try:
+        res.expected = {b["digest"]: int(b["size"]) for b in json.loads(inv.read(digest))["blobs"]}
+    except (ValueError, KeyError, TypeError, MirrorError):
+        res.problems.append(f"index.json: the list of blobs expected from the base ({digest}) is damaged")
+        return
+    if res.base_carried is not None:
+        absent = sorted(set(res.expected) - res.base_carried)
+        if absent:
+            res.problems.append(f"{len(absent)} blobs this differential bundle expects are in none of "
+                                f"the bases given: {', '.join(absent)}")
+
+
 def _check_present(inv, res: VerifyResult, label: str, parent, d: Descriptor, sparse: dict) -> None:
     """One reachable descriptor: present with the size it states, or legitimately absent."""
     if parent is None:
@@ -402,6 +437,10 @@ def _check_present(inv, res: VerifyResult, label: str, parent, d: Descriptor, sp
         # Only an index kept byte for byte may lack children: sync's rewritten ones never do.
         entry = sparse.setdefault(parent.digest, (label, parent, 0))
         sparse[parent.digest] = (entry[0], entry[1], entry[2] + 1)
+    elif d.digest in res.expected:
+        if res.expected[d.digest] != d.size:
+            res.problems.append(f"{label}: {role} {d.digest} is expected from the base with "
+                                f"{res.expected[d.digest]} bytes, its descriptor says {d.size}")
     elif role == "layer" and (d.urls or d.media_type in FOREIGN_LAYER_TYPES):
         res.warnings.append(f"{label}: foreign layer {d.digest} is not in the bundle (whoever pulls "
                             "the image fetches it from its own URLs)")
@@ -463,6 +502,9 @@ def add_parsers(subparsers) -> None:
     """Add `verify` and `list` to the CLI's subparsers; each sets `handler`."""
     v = subparsers.add_parser("verify", help="check every blob and reference of a bundle; write nothing")
     v.add_argument("bundle", help="a bundle tar or layout directory, or - for a tar on stdin")
+    v.add_argument("--base", action="append", default=[], metavar="PREVIOUS",
+                   help="for a differential bundle: an earlier bundle (or its report) that must "
+                        "carry the blobs it expects; repeat for a chain")
     v.set_defaults(handler=cmd_verify)
     ls = subparsers.add_parser("list", help="the images in a bundle")
     ls.add_argument("bundle", help="a bundle tar or layout directory")
@@ -473,9 +515,9 @@ def add_parsers(subparsers) -> None:
 def cmd_verify(args) -> int:
     """`imgmirror verify BUNDLE`: 0 sound, 1 problems (each listed), 2 not a bundle (raised)."""
     if args.bundle == "-":
-        res = verify_bundle("<stdin>", stream=sys.stdin.buffer)
+        res = verify_bundle("<stdin>", stream=sys.stdin.buffer, bases=args.base)
     else:
-        res = verify_bundle(args.bundle)
+        res = verify_bundle(args.bundle, bases=args.base)
     for w in res.warnings:
         print(f"warning: {w}")
     for p in res.problems:
