@@ -21,9 +21,9 @@ from .selection import TagFilter, check_filter
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _TOP_KEYS = {"version", "output", "cache", "concurrency", "platforms", "keep_index_digest",
-             "load_platform", "registries", "images"}
+             "load_platform", "registries", "images", "referrers"}
 _REGISTRY_KEYS = {"username", "password", "insecure", "ca_file", "max_concurrency", "retries"}
-_IMAGE_KEYS = {"source", "tags", "digests", "platforms", "target"}
+_IMAGE_KEYS = {"source", "tags", "digests", "platforms", "target", "referrers"}
 _FILTER_KEYS = {"include", "exclude", "semver", "latest"}
 DEFAULT_OUTPUT = "bundles/mirror-{date}.tar"
 DEFAULT_CONCURRENCY = 8
@@ -60,6 +60,7 @@ class ImageSpec:
     platforms: tuple[Platform, ...] | None = None   # None: all platforms
     target: str | None = None
     pinned: Reference | None = None  # source written as name:tag@digest: one image, by digest
+    referrers: bool | None = None    # None: the top-level setting
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class MirrorSpec:
     concurrency: int = DEFAULT_CONCURRENCY
     platforms: tuple[Platform, ...] | None = None
     keep_index_digest: bool = False
+    referrers: bool = False          # also mirror signatures, attestations, SBOMs pointing at images
     load_platform: Platform | None = None
     registries: dict[str, RegistryConfig] = field(default_factory=dict)
     images: tuple[ImageSpec, ...] = ()
@@ -217,6 +219,8 @@ class _Reader:
             kw["platforms"] = self.platforms(top["platforms"][1], "platforms")
         if "keep_index_digest" in top:
             kw["keep_index_digest"] = self.boolean(top["keep_index_digest"][1], "keep_index_digest")
+        if "referrers" in top:
+            kw["referrers"] = self.boolean(top["referrers"][1], "referrers")
         if "load_platform" in top:
             n = top["load_platform"][1]
             try:
@@ -346,6 +350,8 @@ class _Reader:
             kw["platforms"] = self.platforms(fields["platforms"][1], fields["platforms"][2])
         if "target" in fields:
             kw["target"] = self.string(fields["target"][1], fields["target"][2])
+        if "referrers" in fields:
+            kw["referrers"] = self.boolean(fields["referrers"][1], fields["referrers"][2])
         return ImageSpec(where=where, repository=Reference(ref.registry, ref.repository), **kw)
 
     def tag_filter(self, node, path: str) -> TagFilter:

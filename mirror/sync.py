@@ -23,6 +23,7 @@ from .registry import Registry
 from .resolve import Resolved, resolve
 from .selection import select_tags
 from .spec import ImageSpec, MirrorSpec, RegistryConfig
+from .referrers import discover
 from .push import Destination, PushImage, PushOptions, PushResult, push_images
 from .store import Store, StoreSource
 from .transport import transport_for
@@ -73,6 +74,7 @@ class Item:
     res: Resolved | None
     reg: Registry | None
     started: float
+    spec: ImageSpec | None = None
 
 
 @dataclass
@@ -125,6 +127,7 @@ class Syncer:
             # 1. Resolve every image first: manifests are small, and then the whole blob set is
             #    known, so the bundle can be written while the blobs are still arriving.
             items = await asyncio.gather(*(self.resolve_one(session, s, r) for s, r in work))
+            items += await self.referrers(session, items)
             self.fail_fast_check(items)
             live = [it for it in items if it.res is not None]
             tasks: list[asyncio.Future] = []
@@ -188,6 +191,34 @@ class Syncer:
         opts = PushOptions(jobs=self.opts.jobs or self.spec.concurrency, fail_fast=self.opts.fail_fast)
         return await push_images(StoreSource(self.store), images, dest, cfg, opts, self.progress, session)
 
+    async def referrers(self, session, items: list[Item]) -> list[Item]:
+        """referrers: true: one more image for everything that points at a mirrored one."""
+        async def of(it: Item) -> list[Item]:
+            repo = Reference(it.res.ref.registry, it.res.ref.repository)
+            try:
+                found = await discover(it.reg, repo.repository, it.res.source_digest or it.res.top.digest)
+            except MirrorError as exc:
+                report = ImageReport(source=repo.name, reference=f"referrers of {repo}", status="failed",
+                                     error=str(exc))
+                self.progress.image_done(report.reference, False, report.error)
+                return [Item(report, None, None, time.monotonic(), it.spec)]
+            refs = [repo.with_tag(r[1:]) if r.startswith(":") else repo.with_digest(r[1:]) for r in found]
+            return list(await asyncio.gather(*(self.resolve_one(session, it.spec, ref, referrer=True)
+                                               for ref in refs)))
+        wanted = [it for it in items if it.res is not None and it.spec is not None
+                  and (it.spec.referrers if it.spec.referrers is not None else self.spec.referrers)]
+        if not wanted:
+            return []
+        found = [x for batch in await asyncio.gather(*(of(it) for it in wanted)) for x in batch]
+        seen = {it.report.reference for it in items}
+        extra = []
+        for x in found:       # two tags of one image share their referrers: keep each once
+            if x.report.reference not in seen:
+                seen.add(x.report.reference)
+                extra.append(x)
+        self.progress.images_total(len(items) + len(extra))
+        return extra
+
     def fail_fast_check(self, items: list[Item]) -> None:
         if self.opts.fail_fast:
             for it in items:
@@ -239,18 +270,21 @@ class Syncer:
             refs += [repo.with_tag(t) for t in selected if t not in spec.tags]
         return refs
 
-    async def resolve_one(self, session, spec: ImageSpec, ref) -> Item:
-        """Resolve one image's manifests; a failure is recorded in its report, never raised."""
+    async def resolve_one(self, session, spec: ImageSpec, ref, referrer: bool = False) -> Item:
+        """Resolve one image's manifests; a failure is recorded in its report, never raised.
+
+        A referrer (signature, attestation, SBOM, or the index listing them) is taken whole:
+        no platform filter applies to it, and its digest must stay what was signed."""
         if isinstance(ref, ImageReport):     # its tag list could not be read
             self.progress.image_done(ref.reference, False, ref.error)
             return Item(ref, None, None, time.monotonic())
         item = Item(ImageReport(source=spec.repository.name, reference=str(ref)), None, None,
-                    time.monotonic())
+                    time.monotonic(), spec)
         try:
             item.reg = self.registry(session, ref)
             platforms = spec.platforms if spec.platforms is not None else self.spec.platforms
-            res = await resolve(item.reg, self.store, ref, platforms, self.spec.keep_index_digest,
-                                spec.where)
+            res = await resolve(item.reg, self.store, ref, None if referrer else platforms,
+                                True if referrer else self.spec.keep_index_digest, spec.where)
         except MirrorError as exc:
             self.fail(item, str(exc))
             return item
