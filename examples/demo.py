@@ -73,6 +73,20 @@ def main() -> int:
                 return 1
         finally:
             inside.stop()
+        # Before any registry exists inside, the bundle itself can be served read-only.
+        served = subprocess.Popen([imgmirror, "serve", str(bundle), "--listen", "127.0.0.1:0"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            banner = served.stdout.readline().strip()
+            address = banner.rsplit("http://", 1)[-1]
+            print(f"\ndemo: $ imgmirror serve {bundle.relative_to(ROOT)}   ({banner})")
+            raw_served = subprocess.check_output(["skopeo", "inspect", "--raw", "--tls-verify=false",
+                                                  f"docker://{address}/test/multi:1.0"])
+            print(f"demo: skopeo reads {address}/test/multi:1.0 from serve: "
+                  f"{'the same digest' if raw_served == raw else 'DIFFERENT'}")
+        finally:
+            served.terminate()
+            served.wait(10)
         print(f"demo: or load the bundle with `docker load -i {bundle}`, or "
               f"`skopeo copy oci-archive:{bundle}:{ref} docker://REGISTRY/...`")
         return 0

@@ -520,6 +520,8 @@ def cmd_verify(args) -> int:
         res = verify_bundle(args.bundle, bases=args.base)
     for w in res.warnings:
         print(f"warning: {w}")
+    for digest, size in sorted(res.expected.items()):
+        print(f"expected from the base: {digest} ({size} bytes)")
     for p in res.problems:
         print(f"problem: {p}")
     print(res.summary())
