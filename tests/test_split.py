@@ -294,3 +294,18 @@ def test_a_damaged_part_is_named(made, tmp_path, capsys):
     with pytest.raises(BundleError, match="b.tar.004: .* bytes, but every part before the last"):
         open_bundle(d / "b.tar")
     assert any(str(part) in p for p in verify_bundle(d / "b.tar").problems)
+
+
+def test_serve_reads_a_split_bundle(made):
+    """serve takes the first part and serves blobs whose bytes span two parts."""
+    from test_serve import ServeThread
+    srv = ServeThread(made["first"]).start()
+    try:
+        for key in ("test/multi:1.0", "test/app-a:1.0", "test/dockerv2:1.0"):
+            raw = inspect_raw(srv.host, key)
+            assert sha256(raw) == made["images"][key]["digest"], key
+        layer = made["images"]["test/app-a:1.0"]["layers"][-1]
+        status, _, body = srv.http("GET", f"/v2/test/app-a/blobs/{layer}")
+        assert status == 200 and sha256(body) == layer
+    finally:
+        srv.stop()
