@@ -193,3 +193,42 @@ async def test_token_server_refusal_is_auth_error(registry_token, tmp_path):
 ])
 def test_parse_challenge(header, scheme, params):
     assert parse_challenge(header) == (scheme, params)
+
+
+def test_no_secret_in_push_output_report_or_dry_run(registry_token, make_registry, tmp_path, capsys,
+                                                    monkeypatch):
+    """Push and sync --dry-run with credentials from the manifest: the secret appears nowhere."""
+    digest = _one_image(registry_token)
+    target = make_registry(auth="basic")
+    monkeypatch.setenv("SRC_PASS", registry_token.password)
+    monkeypatch.setenv("DST_PASS", target.password)
+    manifest = _manifest(tmp_path, registry_token.host, f"""registries:
+  {registry_token.host}:
+    username: {registry_token.username}
+    password: ${{SRC_PASS}}
+  {target.host}:
+    username: {target.username}
+    password: ${{DST_PASS}}""")
+    texts = []
+    code, out, err = run_cli("sync", manifest, "--dry-run", "-v", "--cache", tmp_path / "c", capsys=capsys)
+    texts.append(out + err)
+    assert code == 0
+    code, out, err = run_cli("sync", manifest, "-o", tmp_path / "b.tar", "--cache", tmp_path / "c",
+                             "--report", tmp_path / "s.json", "-v", capsys=capsys)
+    texts += [out + err, (tmp_path / "s.json").read_text()]
+    assert code == 0
+    for extra in (["--dry-run"], []):
+        code, out, err = run_cli("push", tmp_path / "b.tar", "--to", target.host, "--config", manifest,
+                                 "--report", tmp_path / "p.json", "-v", *extra, capsys=capsys)
+        texts += [out + err, (tmp_path / "p.json").read_text()]
+        assert code == 0, err
+    # a refused password must not be echoed either
+    monkeypatch.setenv("DST_PASS", "wrong-and-secret-42")
+    code, out, err = run_cli("push", tmp_path / "b.tar", "--to", target.host, "--config", manifest,
+                             capsys=capsys)
+    texts.append(out + err)
+    assert code == 1
+    for text in texts:
+        for secret in (registry_token.password, target.password, "wrong-and-secret-42"):
+            _assert_no_secret(text, secret)
+    assert digest in texts[1]
