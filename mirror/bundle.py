@@ -109,6 +109,25 @@ def _tmp_beside(target: Path) -> Path:
     return target.with_name(f".{target.name}.{os.getpid()}.tmp")
 
 
+def remove_stale_temps(target: Path) -> None:
+    """Delete `.NAME….PID.tmp` files beside `target` left by a run that was killed (its pid is
+    gone); a live run's are left alone."""
+    try:
+        candidates = list(target.parent.glob(f".{target.name}*.tmp"))
+    except OSError:
+        return
+    for tmp in candidates:
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except PermissionError:      # someone else's live process
+            pass
+
+
 # The bundle is fsynced before it is renamed into place. On a virtual disk each fsync also
 # flushes the host's cache, about 0.5 s for a 500 MB tar; flushing in the background every
 # _FLUSH_STEP bytes while the tar grows leaves the final fsync almost nothing to do.
@@ -261,6 +280,7 @@ class TarWriter:
         if split is not None and split < 1:
             raise ValueError(f"split size must be positive, not {split}")
         self.target, self.tmp = Path(target), _tmp_beside(Path(target))
+        remove_stale_temps(self.target)     # a killed run's partial tar (or parts)
         self.split = split
         self.parts: list[dict] = []      # after finish(), with split: [{path, size, sha256}]
         self.sums_path = sums_path(self.target) if split else None

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import BundleError, MirrorError, NotABundleError
-from .oci import (ANN_REF_NAME, ANN_SOURCE_DIGEST, IMAGE_TYPES, MANIFEST_TYPES, Descriptor, Manifest,
+from .oci import (ANN_REF_NAME, json_problem, ANN_SOURCE_DIGEST, IMAGE_TYPES, MANIFEST_TYPES, Descriptor, Manifest,
                   image_platform, parse_manifest, verify_bytes)
 from .platform import from_oci
 
@@ -327,6 +327,10 @@ def iter_tree(source, root: Descriptor, on_error: Callable[[str, str], None] | N
         if desc.digest in seen:       # a layer shared by two children, say
             return
         seen.add(desc.digest)
+        if on_error is None and source.has(desc.digest) and source.size(desc.digest) != desc.size:
+            # verify (on_error given) reports sizes itself; list and serve must not take a lie
+            return fail(desc.digest, f"{desc.digest} has {source.size(desc.digest)} bytes in the "
+                                     f"bundle, its descriptor says {desc.size}")
         yield parent, desc
         if desc.media_type not in MANIFEST_TYPES or not source.has(desc.digest):
             return
@@ -350,8 +354,8 @@ def parse_index(raw: bytes) -> tuple[dict, list[tuple[str | None, Descriptor]]]:
     """index.json -> (the object, [(ref name, descriptor)]); MirrorError if it is malformed."""
     try:
         obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BundleError(f"index.json is not valid JSON ({exc})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:   # [[[[… nests too deep
+        raise BundleError(f"index.json is not valid JSON ({json_problem(exc)})") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("manifests"), list):
         raise BundleError("index.json is not an image index (no 'manifests' list)")
     images = []

@@ -144,6 +144,9 @@ def cmd_sync(args) -> int:
     if result.push:
         summarize_push(result.push, progress)
     failed = result.totals["failed"] + (result.push.totals["failed"] if result.push else 0)
+    if result.totals.get("bundle_error"):
+        progress.line(f"error: no bundle was written: {result.totals['bundle_error']}")
+        return 1
     return 0 if failed == 0 else 1
 
 

@@ -82,10 +82,14 @@ class Descriptor:
             raise UnsupportedManifestError(f"{where}: descriptor has a missing or unsupported digest {digest!r}")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise UnsupportedManifestError(f"{where}: descriptor {digest} has an invalid size {size!r}")
+        annotations, urls = obj.get("annotations") or {}, obj.get("urls") or []
+        if not isinstance(annotations, dict):
+            raise UnsupportedManifestError(f"{where}: descriptor {digest} has annotations that are not an object")
+        if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+            raise UnsupportedManifestError(f"{where}: descriptor {digest} has urls that are not a list of strings")
         return cls(media_type=str(obj.get("mediaType", "")), digest=digest, size=size,
                    platform=obj.get("platform") if isinstance(obj.get("platform"), dict) else None,
-                   annotations=dict(obj.get("annotations") or {}),
-                   urls=tuple(obj.get("urls") or ()))
+                   annotations=dict(annotations), urls=tuple(urls))
 
     def to_json(self) -> dict:
         """The descriptor as a JSON object (for index.json and rewritten indexes)."""
@@ -126,12 +130,19 @@ class Manifest:
         return ((self.config,) if self.config else ()) + self.layers
 
 
+def json_problem(exc: Exception) -> str:
+    """What is wrong with some JSON, in words: json.loads raises RecursionError on [[[[…."""
+    if isinstance(exc, RecursionError):
+        return "arrays or objects nested too deep"
+    return str(exc)[:200]
+
+
 def parse_manifest(raw: bytes, media_type: str | None, where: str) -> Manifest:
     """Parse raw manifest bytes; `media_type` is the Content-Type when the body lacks one."""
     try:
         obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UnsupportedManifestError(f"{where}: manifest is not valid JSON ({exc})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise UnsupportedManifestError(f"{where}: manifest is not valid JSON ({json_problem(exc)})") from None
     if not isinstance(obj, dict):
         raise UnsupportedManifestError(f"{where}: manifest is not a JSON object")
     body_type = obj.get("mediaType")
@@ -146,7 +157,10 @@ def parse_manifest(raw: bytes, media_type: str | None, where: str) -> Manifest:
     if mt not in MANIFEST_TYPES:
         raise UnsupportedManifestError(f"{where}: unsupported manifest media type {mt!r}")
     digest = sha256_digest(raw)
-    ann = dict(obj.get("annotations") or {})
+    ann = obj.get("annotations") or {}
+    if not isinstance(ann, dict):
+        raise UnsupportedManifestError(f"{where}: manifest annotations are not an object")
+    ann = dict(ann)
     if mt in INDEX_TYPES:
         children = obj.get("manifests")
         if not isinstance(children, list):

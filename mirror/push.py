@@ -130,9 +130,13 @@ class Pusher:
         return plans
 
     def _walk(self, plan: _Plan, desc: Descriptor, depth: int) -> None:
-        if depth > 4:
+        if depth > 8:            # as the bundle reader allows
             raise MirrorError(f"{plan.image.ref_name}: indexes nested too deep")
-        m = parse_manifest(self.source.read(desc.digest), desc.media_type, plan.image.ref_name)
+        raw = self.source.read(desc.digest)
+        if len(raw) != desc.size:
+            raise MirrorError(f"{plan.image.ref_name}: manifest {desc.digest} has {len(raw)} bytes in the "
+                              f"bundle, its descriptor says {desc.size}; run imgmirror verify on it")
+        m = parse_manifest(raw, desc.media_type, plan.image.ref_name)
         if m.is_index:
             for child in m.children:
                 if self._has(child.digest):      # a sparse index lacks some children
@@ -140,6 +144,10 @@ class Pusher:
         else:
             for b in m.blobs:
                 if self._has(b.digest):
+                    if self.source.size(b.digest) != b.size:
+                        raise MirrorError(f"{plan.image.ref_name}: blob {b.digest} has "
+                                          f"{self.source.size(b.digest)} bytes in the bundle, its "
+                                          f"descriptor says {b.size}; run imgmirror verify on it")
                     plan.blobs[b.digest] = b
                 elif not b.urls:                 # foreign layers are fetched from their URLs
                     plan.lacking[b.digest] = b   # a differential bundle's, from its base
@@ -217,13 +225,19 @@ class Pusher:
             report.uploaded_bytes = sum(plan.blobs[d].size for d, r in zip(plan.blobs, results, strict=True)
                                         if r == "uploaded")
             if not self.opts.dry_run:
-                for m in plan.manifests:          # children first: the registry checks references
-                    if m is plan.manifests[-1] and plan.tag:
-                        break
+                # Children first (the registry checks references), each by digest, so the registry
+                # checks the bytes against the digest too; the top as well, before its tag.
+                for m in plan.manifests:
                     if await self.up.manifest_digest(plan.repo, m.digest) != m.digest:
                         await self.up.put_manifest(plan.repo, m.digest, m.raw, m.media_type)
                 if plan.tag:
-                    await self.up.put_manifest(plan.repo, plan.tag, plan.manifests[-1].raw, top.media_type)
+                    # A tag PUT carries no digest to check: compare what the registry says it
+                    # stored, and send it once more if the bytes were damaged on the way.
+                    for _ in range(2):
+                        put = await self.up.put_manifest(plan.repo, plan.tag, plan.manifests[-1].raw,
+                                                         top.media_type)
+                        if put in (None, top.digest):
+                            break
                     got = await self.up.manifest_digest(plan.repo, plan.tag)
                     if got != top.digest:
                         raise MirrorError(f"{target}: the registry reports digest {got} after the push, "

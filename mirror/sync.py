@@ -14,7 +14,7 @@ import aiohttp
 
 from .bundle import BundleContent, BundleImage, LoadEntry, TarWriter, blob_order, write_dir
 from .diff import ANN_BASE, ANN_EXPECTED, Base, expected_doc
-from .errors import MirrorError
+from .errors import BundleError, MirrorError
 from .oci import Descriptor, image_platform, sha256_digest
 from .platform import Platform, from_oci, matches, parse_platform
 from .progress import Progress, human
@@ -164,9 +164,14 @@ class Syncer:
                 raise
         reports = [it.report for it in items]
         ok_items = [it for it in items if it.report.status == "ok"]
-        bundle = None
+        bundle, bundle_error = None, None
         if ok_items and not self.opts.dry_run and self.wants_bundle():
-            bundle = self.write_bundle([it.res for it in ok_items], writer)
+            try:
+                bundle = self.write_bundle([it.res for it in ok_items], writer)
+            except BundleError as exc:    # the disk filled up, say: still report what happened
+                bundle_error = str(exc)
+                if writer:
+                    writer.abort()
         elif writer:
             writer.abort()
         ok = len(ok_items)
@@ -176,6 +181,8 @@ class Syncer:
                   "downloaded_bytes": self.downloaded, "seconds": round(time.monotonic() - started, 3)}
         if pushed:
             totals["failed_pushes"] = pushed.totals["failed"]
+        if bundle_error:
+            totals["bundle_error"] = bundle_error
         return SyncResult(reports, bundle, totals, pushed)
 
     def wants_bundle(self) -> bool:

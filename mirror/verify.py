@@ -32,7 +32,7 @@ from .bundle_read import (END_OF_ARCHIVE, MAX_READ, META_LIMITS, PartsFile, Spli
                           open_tar, parse_index, stat_bundle)
 from .errors import BundleError, MirrorError, NotABundleError, UsageError
 from .diff import ANN_EXPECTED
-from .oci import ANN_SOURCE_DIGEST, MANIFEST_TYPES, Descriptor, sha256_digest
+from .oci import ANN_SOURCE_DIGEST, MANIFEST_TYPES, Descriptor, json_problem, sha256_digest
 from .plan import FOREIGN_LAYER_TYPES
 from .progress import human
 
@@ -398,7 +398,7 @@ def _check_differential(inv, res: VerifyResult) -> None:
     """A differential bundle lists the blobs it expects from its base: those may be absent."""
     try:
         annotations = json.loads(inv.meta["index.json"]).get("annotations") or {}
-    except (KeyError, ValueError, AttributeError):
+    except (KeyError, ValueError, AttributeError, RecursionError):
         return
     digest = annotations.get(ANN_EXPECTED)
     if not digest:
@@ -409,7 +409,7 @@ def _check_differential(inv, res: VerifyResult) -> None:
         return
     try:
         res.expected = {b["digest"]: int(b["size"]) for b in json.loads(inv.read(digest))["blobs"]}
-    except (ValueError, KeyError, TypeError, MirrorError):
+    except (ValueError, KeyError, TypeError, MirrorError, RecursionError):
         res.problems.append(f"index.json: the list of blobs expected from the base ({digest}) is damaged")
         return
     if res.base_carried is not None:
@@ -454,7 +454,7 @@ def _check_layout(raw: bytes | None, res: VerifyResult) -> None:
         return
     try:
         version = json.loads(raw).get("imageLayoutVersion")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         res.problems.append("oci-layout: not a JSON object")
         return
     if not (isinstance(version, str) and version.startswith("1.")):
@@ -470,8 +470,8 @@ def _check_docker_manifest(inv: _Inventory, res: VerifyResult) -> None:
         return
     try:
         entries = json.loads(raw)
-    except ValueError as exc:
-        res.problems.append(f"manifest.json: not valid JSON ({exc})")
+    except (ValueError, RecursionError) as exc:
+        res.problems.append(f"manifest.json: not valid JSON ({json_problem(exc)})")
         return
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         res.problems.append("manifest.json: not a list of objects")

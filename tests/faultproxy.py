@@ -11,6 +11,9 @@ for the n-th request (0-based) matching nothing in particular, what to do:
     ("redirect", url)         answer 307 to `url`
     ("stall", seconds)        forward the headers and a little body, then wait that long
     ("cut_request", nbytes)   read that much of the request body, then drop the connection
+    ("delay", seconds)        wait that long, then forward unchanged (slow uploads and answers)
+    ("flip_request", offset)  forward, with the byte at `offset` of the request body inverted
+                              (no change when the body is shorter)
 """
 
 from __future__ import annotations
@@ -97,6 +100,11 @@ class FaultProxy:
             request.transport.close()          # the client's upload dies mid-body
             return web.Response(status=500)
         body = await request.read()
+        if action and action[0] == "delay":
+            await asyncio.sleep(action[1])
+        if action and action[0] == "flip_request" and 0 <= action[1] < len(body):
+            i = action[1]
+            body = body[:i] + bytes([body[i] ^ 0xFF]) + body[i + 1:]
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
         # The registry builds upload Locations from Host: keep ours, so clients come back here.
         headers["Host"] = request.host
