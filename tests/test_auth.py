@@ -231,4 +231,5 @@ def test_no_secret_in_push_output_report_or_dry_run(registry_token, make_registr
     for text in texts:
         for secret in (registry_token.password, target.password, "wrong-and-secret-42"):
             _assert_no_secret(text, secret)
+        assert "eyJ" not in text          # no bearer token (a JWT starts with base64 '{"')
     assert digest in texts[1]
