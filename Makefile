@@ -7,7 +7,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test deps venv bench bench-push clean
+.PHONY: demo test deps venv bench bench-push bench-scale clean
 
 deps:
 	@if ! command -v docker-registry >/dev/null || ! command -v skopeo >/dev/null; then \
@@ -37,6 +37,11 @@ bench: deps venv
 bench-push: deps venv
 	@command -v /usr/bin/time >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq time >/dev/null; }
 	$(PY) benchmarks/bench_push.py --out docs/benchmarks.md
+
+bench-scale: deps venv
+	@command -v /usr/bin/time >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq time >/dev/null; }
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) benchmarks/bench_scale.py --out docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) .demo bundles build *.egg-info

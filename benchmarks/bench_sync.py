@@ -99,15 +99,18 @@ class LayerRef:
         return {"mediaType": self.media_type, "digest": self.digest, "size": self.size, **extra}
 
 
-def layer_plan(scale: float) -> tuple[dict[str, list[tuple[str, int]]], list[dict]]:
-    """(layers of each base, images): every layer as (seed, size in bytes)."""
+def layer_plan(scale: float, n_single: int = N_SINGLE,
+               n_multi: int = N_MULTI) -> tuple[dict[str, list[tuple[str, int]]], list[dict]]:
+    """(layers of each base, images): every layer as (seed, size in bytes).
+
+    n_single/n_multi change the image count (bench_scale.py uses 8 single-platform images)."""
 
     def size(mib: float) -> int:
         return max(MIN_LAYER, int(mib * MiB * scale))
 
     bases = {name: [(f"bench:{name}:{i}", size(s)) for i, s in enumerate(sizes)] for name, sizes in BASES}
     images = []
-    names = [f"app-{i:02d}" for i in range(1, N_SINGLE + 1)] + [f"multi-{i:02d}" for i in range(1, N_MULTI + 1)]
+    names = [f"app-{i:02d}" for i in range(1, n_single + 1)] + [f"multi-{i:02d}" for i in range(1, n_multi + 1)]
     for n, name in enumerate(names):
         base = BASES[n % len(BASES)][0]
         plats = MULTI_PLATFORMS if name.startswith("multi-") else (None,)
@@ -122,10 +125,10 @@ def layer_plan(scale: float) -> tuple[dict[str, list[tuple[str, int]]], list[dic
     return bases, images
 
 
-def set_key(scale: float) -> str:
+def set_key(scale: float, n_single: int = N_SINGLE, n_multi: int = N_MULTI) -> str:
     """Changes whenever the bytes built for `scale` could change."""
     h = hashlib.sha256()
-    h.update(json.dumps([SET_VERSION, scale, layer_plan(scale)], sort_keys=True).encode())
+    h.update(json.dumps([SET_VERSION, scale, layer_plan(scale, n_single, n_multi)], sort_keys=True).encode())
     for fn in (imagegen.random_bytes, imagegen._tar, imagegen.make_layer, imagegen.make_image,
                imagegen.make_index, imagegen._json_bytes):
         h.update(inspect.getsource(fn).encode())
@@ -149,9 +152,9 @@ def _write_blob(blob_dir: Path, blob: imagegen.Blob) -> None:
         path.write_bytes(blob.data)
 
 
-def build_set(scale: float, sets_dir: Path) -> tuple[Path, dict]:
+def build_set(scale: float, sets_dir: Path, n_single: int = N_SINGLE, n_multi: int = N_MULTI) -> tuple[Path, dict]:
     """The OCI layout holding the whole set (built now, or reused) and its description."""
-    key = set_key(scale)
+    key = set_key(scale, n_single, n_multi)
     set_dir = sets_dir / f"scale-{scale:g}-{key}"
     desc_path = set_dir / "set.json"
     if desc_path.exists():
@@ -170,7 +173,7 @@ def build_set(scale: float, sets_dir: Path) -> tuple[Path, dict]:
     layout = set_dir / "layout"
     blob_dir = layout / "blobs" / "sha256"
     blob_dir.mkdir(parents=True)
-    bases, images = layer_plan(scale)
+    bases, images = layer_plan(scale, n_single, n_multi)
     jobs = [job for layers in bases.values() for job in layers] + \
            [job for img in images for ch in img["children"] for job in ch["layers"]]
     log(f"building {len(jobs)} layers, {sum(s for _, s in jobs) / MiB:.1f} MiB of random data "
