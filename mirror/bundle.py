@@ -18,7 +18,6 @@ only by `finish()`, the sums file last.
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import json
 import os
@@ -28,6 +27,7 @@ from pathlib import Path
 
 from .errors import BundleError, DigestMismatchError
 from .oci import ANN_CONTAINERD_NAME, ANN_REF_NAME, ANN_SOURCE_DIGEST, ANN_TARGET, Descriptor, digest_hex
+from .parts import FLUSHER, PartsWriter, sums_path, tmp_beside
 from .store import BlobWriter, Store
 
 OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
@@ -105,10 +105,6 @@ def _info(name: str, size: int = 0, directory: bool = False) -> bytes:
     return ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
-def _tmp_beside(target: Path) -> Path:
-    return target.with_name(f".{target.name}.{os.getpid()}.tmp")
-
-
 def remove_stale_temps(target: Path) -> None:
     """Delete `.NAME….PID.tmp` files beside `target` left by a run that was killed (its pid is
     gone); a live run's are left alone."""
@@ -132,143 +128,7 @@ def remove_stale_temps(target: Path) -> None:
 # flushes the host's cache, about 0.5 s for a 500 MB tar; flushing in the background every
 # _FLUSH_STEP bytes while the tar grows leaves the final fsync almost nothing to do.
 _FLUSH_STEP = 64 << 20
-_FLUSHER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgmirror-flush")
 COPY_CHUNK = 4 << 20
-
-
-def part_path(target: Path, number: int) -> Path:
-    """`NAME.tar` -> `NAME.tar.001` for number 1 (three digits at least)."""
-    return target.with_name(f"{target.name}.{number:03d}")
-
-
-def sums_path(target: Path) -> Path:
-    return target.with_name(f"{target.name}.sha256sums")
-
-
-def _sync_close(fh) -> None:
-    try:
-        os.fdatasync(fh.fileno())
-    finally:
-        fh.close()
-
-
-class _Parts:
-    """The tar's bytes as one or more files, written under temporary names beside their final
-    ones: one file (`target`) without `split`, else files of `split` bytes each (the last may be
-    shorter), each hashed as it is written. Supports cutting back to an earlier `mark()`, also
-    into an earlier part. A finished part is fdatasynced and closed in the background."""
-
-    def __init__(self, target: Path, split: int | None):
-        self.target, self.split = target, split
-        self.tmps: list[Path] = []
-        self.hashes: list = []
-        self.pending: list[concurrent.futures.Future] = []
-        self.fh, self.pos = None, 0
-        self._new_part()
-
-    def final(self, i: int) -> Path:
-        return self.target if self.split is None else part_path(self.target, i + 1)
-
-    def _new_part(self) -> None:
-        self.tmps.append(_tmp_beside(self.final(len(self.tmps))))
-        self.hashes.append(hashlib.sha256() if self.split else None)
-        self.fh, self.pos = open(self.tmps[-1], "wb", buffering=0), 0
-
-    def fileno(self) -> int:
-        return self.fh.fileno()
-
-    def write(self, view) -> int:
-        if self.split is None:
-            n = self.fh.write(view)
-            self.pos += n
-            return n
-        if self.pos >= self.split:       # the next part begins with the next byte, not before
-            self.pending.append(_FLUSHER.submit(_sync_close, self.fh))
-            self.fh = None
-            self._new_part()
-        n = self.fh.write(view[:self.split - self.pos])
-        self.hashes[-1].update(view[:n])
-        self.pos += n
-        return n
-
-    def mark(self):
-        """Where the tar is now, to `rollback()` to."""
-        h = self.hashes[-1]
-        return len(self.tmps) - 1, self.pos, h.copy() if h else None
-
-    def rollback(self, mark) -> None:
-        index, pos, h = mark
-        if index != len(self.tmps) - 1:
-            self.settle()
-            self.fh.close()
-            for tmp in self.tmps[index + 1:]:
-                tmp.unlink(missing_ok=True)
-            del self.tmps[index + 1:], self.hashes[index + 1:]
-            self.fh = open(self.tmps[index], "r+b", buffering=0)
-        self.fh.truncate(pos)
-        self.fh.seek(pos)
-        self.pos, self.hashes[index] = pos, h
-
-    def settle(self) -> None:
-        """Wait until the finished parts are synced and closed; raise the first error."""
-        pending, self.pending = self.pending, []
-        errors = [f.exception() for f in pending]
-        if err := next((e for e in errors if e is not None), None):
-            raise err
-
-    def close(self) -> list[dict]:
-        """fsync and close every part; [{path (final), size, sha256}] of the parts (split only)."""
-        self.settle()
-        os.fsync(self.fh.fileno())
-        self.fh.close()
-        if self.split is None:
-            return []
-        sizes = [self.split] * (len(self.tmps) - 1) + [self.pos]
-        return [{"path": str(self.final(i)), "size": size, "sha256": "sha256:" + h.hexdigest()}
-                for i, (size, h) in enumerate(zip(sizes, self.hashes, strict=False))]
-
-    def publish(self, parts: list[dict]) -> None:
-        """Rename every part into place; split: drop parts of an older, longer set, then write
-        the sums file, atomically, last. A failure leaves no part of this set at a final path."""
-        if self.split is None:
-            os.replace(self.tmps[0], self.target)
-            return
-        sums = sums_path(self.target)
-        sums.unlink(missing_ok=True)      # an older set must not look complete while replaced
-        done: list[Path] = []
-        try:
-            for i, tmp in enumerate(self.tmps):
-                os.replace(tmp, self.final(i))
-                done.append(self.final(i))
-            n = len(self.tmps) + 1
-            while os.path.lexists(stale := part_path(self.target, n)):
-                stale.unlink()
-                n += 1
-            text = "".join(f"{p['sha256'].removeprefix('sha256:')}  {Path(p['path']).name}\n" for p in parts)
-            tmp = _tmp_beside(sums)
-            try:
-                with open(tmp, "w") as fh:
-                    fh.write(text)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, sums)
-            finally:
-                tmp.unlink(missing_ok=True)
-        except BaseException:
-            for path in done:
-                path.unlink(missing_ok=True)
-            raise
-
-    def discard(self) -> None:
-        """Close and remove every temporary part."""
-        try:
-            self.settle()
-        except OSError:
-            pass
-        if self.fh is not None and not self.fh.closed:
-            self.fh.close()
-        for tmp in self.tmps:
-            tmp.unlink(missing_ok=True)
 
 
 class TarWriter:
@@ -279,7 +139,7 @@ class TarWriter:
     def __init__(self, target: Path, split: int | None = None):
         if split is not None and split < 1:
             raise ValueError(f"split size must be positive, not {split}")
-        self.target, self.tmp = Path(target), _tmp_beside(Path(target))
+        self.target, self.tmp = Path(target), tmp_beside(Path(target))
         remove_stale_temps(self.target)     # a killed run's partial tar (or parts)
         self.split = split
         self.parts: list[dict] = []      # after finish(), with split: [{path, size, sha256}]
@@ -290,7 +150,7 @@ class TarWriter:
         self._hash = hashlib.sha256()
         try:
             self.target.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = _Parts(self.target, split)
+            self._fh = PartsWriter(self.target, split)
             self._write(_info("oci-layout", len(OCI_LAYOUT)) + _pad(OCI_LAYOUT))
             self._write(_info("blobs", directory=True) + _info("blobs/sha256", directory=True))
         except OSError as exc:
@@ -309,7 +169,7 @@ class TarWriter:
         self.size += len(data)
         if self.size - self._flushed >= _FLUSH_STEP and (self._flush is None or self._flush.done()):
             self._flushed = self.size
-            self._flush = _FLUSHER.submit(os.fdatasync, self._fh.fileno())
+            self._flush = FLUSHER.submit(os.fdatasync, self._fh.fileno())
 
     def add_blob(self, store: Store, digest: str, verify: bool) -> None:
         """Append one blob from the store (in `blob_order`); `verify` hashes it again on the way."""
@@ -480,7 +340,7 @@ def write_dir(target: Path, store: Store, content: BundleContent) -> None:
             dest = blob_dir / digest_hex(digest)
             if dest.is_file() and dest.stat().st_size == content.blobs[digest]:
                 continue
-            tmp = _tmp_beside(dest)
+            tmp = tmp_beside(dest)
             try:
                 with open(store.blob_path(digest), "rb") as src, open(tmp, "wb") as out:
                     reader = _VerifyingReader(src, digest)
@@ -492,7 +352,7 @@ def write_dir(target: Path, store: Store, content: BundleContent) -> None:
                 tmp.unlink(missing_ok=True)
         for name, data in (("oci-layout", OCI_LAYOUT), ("manifest.json", content.manifest_json()),
                            ("index.json", content.index_json())):
-            tmp = _tmp_beside(target / name)
+            tmp = tmp_beside(target / name)
             tmp.write_bytes(data)
             os.replace(tmp, target / name)
     except OSError as exc:

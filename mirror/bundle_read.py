@@ -26,8 +26,6 @@ cannot be right. Checking the parts' sha256 is verify's job (it reads every byte
 
 from __future__ import annotations
 
-import bisect
-import glob
 import io
 import json
 import os
@@ -35,12 +33,12 @@ import re
 import stat
 import tarfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import BundleError, MirrorError, NotABundleError
 from .oci import (ANN_REF_NAME, json_problem, ANN_SOURCE_DIGEST, IMAGE_TYPES, MANIFEST_TYPES, Descriptor, Manifest,
                   image_platform, parse_manifest, verify_bytes)
+from .parts import PartsFile, SplitBundle, find_split, part_path
 from .platform import from_oci
 
 # Bounds on what is read into memory: a real index.json of thousands of images is a few MiB.
@@ -95,175 +93,6 @@ def pread(fh, n: int, offset: int) -> bytes:
     if isinstance(fh, PartsFile):
         return fh.pread(n, offset)
     return os.pread(fh.fileno(), n, offset)
-
-
-_PART = re.compile(r"(.+)\.(\d{3,})")
-_SUMS_LINE = re.compile(r"([0-9a-fA-F]{64}) [ *](.+)")
-
-
-def part_path(base: Path, number: int) -> Path:
-    return base.with_name(f"{base.name}.{number:03d}")
-
-
-def _sums(base: Path) -> Path:
-    return base.with_name(f"{base.name}.sha256sums")
-
-
-@dataclass
-class SplitBundle:
-    """The parts of a split bundle, in order: those its sums file lists, else those found."""
-
-    base: Path                       # NAME.tar
-    parts: list[Path]
-    sums: dict[Path, str] | None     # part -> sha256 hex, from NAME.tar.sha256sums
-
-    @property
-    def sums_path(self) -> Path:
-        return _sums(self.base)
-
-    def missing(self) -> list[Path]:
-        return [p for p in self.parts if not p.is_file()]
-
-    def missing_message(self, missing: list[Path]) -> str:
-        listed = f"listed in {self.sums_path.name}" if self.sums is not None else "found"
-        return (f"{', '.join(map(str, missing))} {'is' if len(missing) == 1 else 'are'} missing "
-                f"(split bundle {self.base}: {len(self.parts)} parts {listed})")
-
-    def size_problems(self) -> list[str]:
-        """Every part but the last has the split size; the last is not longer. Parts that break
-        this are named (the size most parts have is taken as the right one)."""
-        sizes = [p.stat().st_size for p in self.parts]
-        if len(sizes) < 2:
-            return []
-        full = sizes[:-1]
-        want = max(set(full), key=lambda x: (full.count(x), x))
-        out = [f"{p}: {n} bytes, but every part before the last has {want} (truncated or damaged part)"
-               for p, n in zip(self.parts, full, strict=False) if n != want]
-        if sizes[-1] > want:
-            out.append(f"{self.parts[-1]}: {sizes[-1]} bytes, more than the {want} of each part "
-                       "before it (a part of another bundle?)")
-        return out
-
-
-def find_split(path) -> SplitBundle | None:
-    """The split bundle `path` names (`NAME.tar.001`, or `NAME.tar` when that does not exist but
-    its parts or sums file do), else None. BundleError if its sums file is malformed."""
-    p = Path(path)
-    m = _PART.fullmatch(p.name)
-    if m and not p.is_dir():
-        base = p.with_name(m.group(1))
-        if not (part_path(base, 1).exists() or _sums(base).exists()):
-            return None
-    elif not os.path.lexists(p) and (part_path(p, 1).exists() or _sums(p).exists()):
-        base = p
-    else:
-        return None
-    sums = _read_sums(base)
-    if sums is not None:
-        return SplitBundle(base, list(sums), sums)
-    parts, n = [], 1
-    while part_path(base, n).is_file():
-        parts.append(part_path(base, n))
-        n += 1
-    # Parts after a gap: the gap is a missing part, not the end.
-    prefix = base.name + "."
-    later = [int(q.name[len(prefix):]) for q in base.parent.glob(f"{glob.escape(prefix)}[0-9]*")
-             if q.name[len(prefix):].isdigit()]
-    parts += [part_path(base, i) for i in range(n, max(later, default=0) + 1)]
-    return SplitBundle(base, parts, None)
-
-
-def _read_sums(base: Path) -> dict[Path, str] | None:
-    sums = _sums(base)
-    try:
-        text = sums.read_text()
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{sums}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
-    out: dict[Path, str] = {}
-    numbers = []
-    for no, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        m = _SUMS_LINE.fullmatch(line)
-        part = _PART.fullmatch(m.group(2)) if m else None
-        if not part or part.group(1) != base.name:
-            raise BundleError(f"{sums}:{no}: not a `<sha256>  {base.name}.NNN` line (damaged sums file)")
-        out[base.with_name(m.group(2))] = m.group(1).lower()
-        numbers.append(int(part.group(2)))
-    if numbers != list(range(1, len(numbers) + 1)):
-        raise BundleError(f"{sums}: lists parts {numbers}, not 1 to {len(numbers)} in order "
-                          "(damaged sums file)")
-    return out
-
-
-class PartsFile(io.RawIOBase):
-    """Several files read as one: the parts of a split bundle. `pread(n, offset)` reads across
-    part boundaries without a shared position (safe from several threads); read/seek/tell for
-    tarfile. Has no fileno()."""
-
-    def __init__(self, paths: list[Path]):
-        super().__init__()
-        self.paths, self._fhs, self.ends = list(paths), [], []
-        total = 0
-        try:
-            for path in self.paths:
-                fh = open(path, "rb", buffering=0)
-                self._fhs.append(fh)
-                total += os.fstat(fh.fileno()).st_size
-                self.ends.append(total)
-        except OSError as exc:
-            self.close()
-            raise BundleError(f"{exc.filename}: cannot read ({exc.strerror})") from None
-        self.size, self._pos, self.name = total, 0, str(self.paths[0]) if self.paths else ""
-
-    def part_at(self, offset: int) -> int:
-        """The index of the part holding byte `offset` (len(paths) past the end)."""
-        return bisect.bisect_right(self.ends, offset)
-
-    def start(self, i: int) -> int:
-        return self.ends[i - 1] if i else 0
-
-    def pread(self, n: int, offset: int) -> bytes:
-        if self.closed:
-            raise ValueError("I/O operation on closed file")
-        out = []
-        i = self.part_at(offset)
-        while n > 0 and i < len(self._fhs):
-            want = min(n, self.ends[i] - offset)
-            data = os.pread(self._fhs[i].fileno(), want, offset - self.start(i))
-            out.append(data)
-            n, offset = n - len(data), offset + len(data)
-            if len(data) < want:     # the part shrank since it was opened
-                break
-            i += 1
-        return b"".join(out)
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self.size}[whence]
-        self._pos = max(0, base + pos)
-        return self._pos
-
-    def readinto(self, buf) -> int:
-        data = self.pread(len(buf), self._pos)
-        buf[:len(data)] = data
-        self._pos += len(data)
-        return len(data)
-
-    def close(self) -> None:
-        for fh in getattr(self, "_fhs", ()):
-            fh.close()
-        super().close()
 
 
 class BlobFile(io.RawIOBase):

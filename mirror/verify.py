@@ -27,10 +27,10 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .bundle_read import (END_OF_ARCHIVE, MAX_READ, META_LIMITS, PartsFile, SplitBundle, blob_digest,
-                          check_member, compression_of, find_split, iter_tree, not_a_bundle, open_bundle,
-                          open_tar, parse_index, stat_bundle)
+from .bundle_read import (END_OF_ARCHIVE, MAX_READ, META_LIMITS, blob_digest, check_member, compression_of,
+                          iter_tree, not_a_bundle, open_bundle, open_tar, parse_index, stat_bundle)
 from .errors import BundleError, MirrorError, NotABundleError, UsageError
+from .parts import PartsFile, SplitBundle, find_split
 from .diff import ANN_EXPECTED
 from .oci import ANN_SOURCE_DIGEST, MANIFEST_TYPES, Descriptor, json_problem, sha256_digest
 from .plan import FOREIGN_LAYER_TYPES
