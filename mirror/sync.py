@@ -314,12 +314,13 @@ class Syncer:
         # Wait for every blob even after one failed: what did arrive is kept for next time.
         results = await asyncio.gather(*(self.blob(item.reg, res.ref.repository, d) for d in missing),
                                        return_exceptions=True)
-        for r in results:
+        for desc, r in zip(missing, results, strict=True):
             if isinstance(r, MirrorError):
                 return self.fail(item, str(r))
             if isinstance(r, OSError):   # the cache's disk: full, read-only, gone
                 return self.fail(item, f"cache {self.store.root}: {r.strerror or r} "
-                                       f"({r.filename or 'writing a blob'}); free space or choose --cache")
+                                       f"({r.filename or f'writing blob {desc.digest}'}); "
+                                       "free space or choose --cache")
             if isinstance(r, BaseException):
                 raise r
         self.done(item)
