@@ -26,7 +26,6 @@ cannot be right. Checking the parts' sha256 is verify's job (it reads every byte
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -38,7 +37,7 @@ from pathlib import Path
 from .errors import BundleError, MirrorError, NotABundleError
 from .oci import (ANN_REF_NAME, json_problem, ANN_SOURCE_DIGEST, IMAGE_TYPES, MANIFEST_TYPES, Descriptor, Manifest,
                   image_platform, parse_manifest, verify_bytes)
-from .parts import PartsFile, SplitBundle, find_split, part_path
+from .parts import PartsFile, PositionalFile, SplitBundle, find_split, part_path
 from .platform import from_oci
 
 # Bounds on what is read into memory: a real index.json of thousands of images is a few MiB.
@@ -95,7 +94,7 @@ def pread(fh, n: int, offset: int) -> bytes:
     return os.pread(fh.fileno(), n, offset)
 
 
-class BlobFile(io.RawIOBase):
+class BlobFile(PositionalFile):
     """One blob's bytes inside a larger file, read with pread: seekable, `read(n)` semantics,
     independent of every other BlobFile on the same file."""
 
@@ -106,30 +105,14 @@ class BlobFile(io.RawIOBase):
         self._fh, self._offset, self.size, self.name, self._owns = fh, offset, size, name, owns
         self._pos = 0
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self.size}[whence]
-        self._pos = max(0, base + pos)
-        return self._pos
-
-    def readinto(self, buf) -> int:
-        n = min(len(buf), self.size - self._pos)
+    def pread(self, n: int, offset: int) -> bytes:
+        n = min(n, self.size - offset)
         if n <= 0:
-            return 0
-        data = pread(self._fh, n, self._offset + self._pos)
+            return b""
+        data = pread(self._fh, n, self._offset + offset)
         if not data:    # the file shrank under us, or the tar is truncated
-            raise BundleError(f"{self.name}: ends {self.size - self._pos} bytes early (truncated bundle?)")
-        buf[:len(data)] = data
-        self._pos += len(data)
-        return len(data)
+            raise BundleError(f"{self.name}: ends {self.size - offset} bytes early (truncated bundle?)")
+        return data
 
     def close(self) -> None:
         if self._owns:

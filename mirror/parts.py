@@ -256,7 +256,38 @@ def _readsums_path(base: Path) -> dict[Path, str] | None:
     return out
 
 
-class PartsFile(io.RawIOBase):
+class PositionalFile(io.RawIOBase):
+    """A read-only file of `size` bytes defined by `pread(n, offset)`: seek, tell and readinto
+    come from that, so several readers never share a file position."""
+
+    size = 0
+    _pos = 0
+
+    def pread(self, n: int, offset: int) -> bytes:
+        raise NotImplementedError
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self.size}[whence]
+        self._pos = max(0, base + pos)
+        return self._pos
+
+    def readinto(self, buf) -> int:
+        data = self.pread(len(buf), self._pos)
+        buf[:len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+class PartsFile(PositionalFile):
     """Several files read as one: the parts of a split bundle. `pread(n, offset)` reads across
     part boundaries without a shared position (safe from several threads); read/seek/tell for
     tarfile. Has no fileno()."""
@@ -297,26 +328,6 @@ class PartsFile(io.RawIOBase):
                 break
             i += 1
         return b"".join(out)
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self.size}[whence]
-        self._pos = max(0, base + pos)
-        return self._pos
-
-    def readinto(self, buf) -> int:
-        data = self.pread(len(buf), self._pos)
-        buf[:len(data)] = data
-        self._pos += len(data)
-        return len(data)
 
     def close(self) -> None:
         for fh in getattr(self, "_fhs", ()):
