@@ -24,10 +24,6 @@ class Progress:
     def line(self, text: str) -> None:
         print(f"imgmirror: {text}", file=self.stream, flush=True)
 
-    def info(self, text: str) -> None:
-        if self.verbosity >= 1:
-            self.line(text)
-
     def warn(self, text: str) -> None:
         if self.verbosity >= 0:
             self.line(f"warning: {text}")

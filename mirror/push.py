@@ -139,11 +139,11 @@ class Pusher:
         m = parse_manifest(raw, desc.media_type, plan.image.ref_name)
         if m.is_index:
             for child in m.children:
-                if self._has(child.digest):      # a sparse index lacks some children
+                if self.source.has(child.digest):      # a sparse index lacks some children
                     self._walk(plan, child, depth + 1)
         else:
             for b in m.blobs:
-                if self._has(b.digest):
+                if self.source.has(b.digest):
                     if self.source.size(b.digest) != b.size:
                         raise MirrorError(f"{plan.image.ref_name}: blob {b.digest} has "
                                           f"{self.source.size(b.digest)} bytes in the bundle, its "
@@ -152,13 +152,6 @@ class Pusher:
                 elif not b.urls:                 # foreign layers are fetched from their URLs
                     plan.lacking[b.digest] = b   # a differential bundle's, from its base
         plan.manifests.append(m)
-
-    def _has(self, digest: str) -> bool:
-        try:
-            self.source.size(digest)
-            return True
-        except (KeyError, FileNotFoundError, MirrorError):
-            return False
 
     async def run(self, images: list[PushImage]) -> PushResult:
         started = time.monotonic()

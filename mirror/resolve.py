@@ -31,6 +31,12 @@ class Resolved:
     platforms: list[str] = field(default_factory=list)
     target: str | None = None                         # mirror.yaml's target: path, for push
 
+    @property
+    def name(self) -> str:
+        """What the image is called in a bundle and on push: name:tag@digest goes by its tag
+        (docker load needs one); an image by digest only, by its digest."""
+        return str(self.ref.with_tag(self.ref.tag)) if self.ref.tag else str(self.ref)
+
     def sizes(self) -> dict[str, int]:
         """Every digest the bundle needs for this image (manifests and blobs) and its size."""
         return {**self.manifests, **{d: desc.size for d, desc in self.blobs.items()}}

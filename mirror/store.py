@@ -184,6 +184,9 @@ class StoreSource:
     def __init__(self, store: Store):
         self.store = store
 
+    def has(self, digest: str) -> bool:
+        return self.store.has(digest)
+
     def size(self, digest: str) -> int:
         return self.store.size(digest)
 

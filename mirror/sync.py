@@ -60,7 +60,6 @@ class SyncOptions:
     jobs: int | None = None
     dry_run: bool = False
     fail_fast: bool = False
-    to_dir: bool = False
     push_to: Destination | None = None     # sync --to: push from the cache into this registry
     split: int | None = None               # --split SIZE: NAME.tar.001, .002, … of at most SIZE bytes
     since: Base | None = None              # --since: a differential bundle on this base
@@ -192,8 +191,7 @@ class Syncer:
     async def push(self, items: list[Item], session) -> PushResult:
         """sync --to: push what was just mirrored, from the cache, into the destination registry."""
         dest = self.opts.push_to
-        images = [PushImage(str(it.res.ref.with_tag(it.res.ref.tag)) if it.res.ref.tag else str(it.res.ref),
-                            it.res.top, it.res.target) for it in items]
+        images = [PushImage(it.res.name, it.res.top, it.res.target) for it in items]
         cfg = self.spec.registries.get(dest.host, RegistryConfig())
         opts = PushOptions(jobs=self.opts.jobs or self.spec.concurrency, fail_fast=self.opts.fail_fast)
         return await push_images(StoreSource(self.store), images, dest, cfg, opts, self.progress, session)
@@ -256,7 +254,7 @@ class Syncer:
 
     def dir_output(self) -> bool:
         target = self.output_path()
-        return self.opts.to_dir or str(self.opts.output or "").endswith("/") or os.path.isdir(target)
+        return str(self.opts.output or "").endswith("/") or os.path.isdir(target)
 
     async def expand(self, session, spec: ImageSpec) -> list:
         """The references one manifest entry stands for: its tags (listed or selected) and digests."""
@@ -405,10 +403,8 @@ class Syncer:
         load_platform = self.spec.load_platform or DEFAULT_LOAD_PLATFORM
         for res in resolved:
             content.blobs.update({d: n for d, n in res.sizes().items() if d not in self.excluded})
-            # name:tag@digest is named by its tag (docker load needs one); by digest only, by digest
-            ref_name = str(res.ref.with_tag(res.ref.tag)) if res.ref.tag else str(res.ref)
             content.images.append(BundleImage(
-                ref_name=ref_name, descriptor=res.top, source_digest=res.source_digest, target=res.target,
+                ref_name=res.name, descriptor=res.top, source_digest=res.source_digest, target=res.target,
                 load=self.load_entry(res, load_platform) if res.ref.tag else None, tag=res.ref.tag))
         carried = set(content.blobs)
         if self.expected_blob:

@@ -20,6 +20,7 @@ MIN_CHUNK = 64 * 1024
 class BlobSource(Protocol):
     """Where pushed bytes come from: a bundle, or the cache."""
 
+    def has(self, digest: str) -> bool: ...
     def size(self, digest: str) -> int: ...
     def open_blob(self, digest: str): ...          # a binary file-like limited to that blob
     def read(self, digest: str) -> bytes: ...      # small content (manifests), verified
