@@ -11,7 +11,7 @@ extract the tar (absolute paths, `..`, links, devices) are refused before anythi
     with open_bundle(path) as b:          # a tar or a layout directory
         b.index, b.images                 # index.json parsed; [(ref name or None, Descriptor)]
         b.digests(), b.has(d), b.size(d)  # the blobs present
-        b.read(d)                         # a manifest or config, whole and verified (<= 4 MiB)
+        b.read(d)                         # a manifest or image config, whole and verified (<= 4 MiB)
         b.open_blob(d)                    # a seekable file object over one blob (not verified)
         b.walk(descriptor)                # everything reachable from an index.json entry
 
@@ -35,14 +35,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import BundleError, MirrorError, NotABundleError
-from .oci import (ANN_REF_NAME, json_problem, ANN_SOURCE_DIGEST, IMAGE_TYPES, MANIFEST_TYPES, Descriptor, Manifest,
-                  image_platform, parse_manifest, verify_bytes)
+from .oci import (ANN_REF_NAME, json_problem, ANN_SOURCE_DIGEST, DOCKER_CONFIG, IMAGE_TYPES, MANIFEST_TYPES,
+                  OCI_CONFIG, Descriptor, Manifest, image_platform, parse_manifest, verify_bytes)
 from .parts import PartsFile, PositionalFile, SplitBundle, find_split, part_path
-from .platform import from_oci
+from .platform import Platform, from_oci
 
 # Bounds on what is read into memory: a real index.json of thousands of images is a few MiB.
 META_LIMITS = {"oci-layout": 64 << 10, "index.json": 16 << 20, "manifest.json": 16 << 20}
-MAX_READ = 4 << 20          # `read()` is for manifests and configs, never layers
+MAX_READ = 4 << 20          # `read()` is for manifests and small image configs, never layers
+# Only these configs are read (for a platform); an artifact's config is a blob of any size.
+IMAGE_CONFIG_TYPES = frozenset({OCI_CONFIG, DOCKER_CONFIG})
 MAX_DEPTH = 8               # index -> index -> ... -> manifest; OCI allows nesting, not this much
 END_OF_ARCHIVE = bytes(2 * tarfile.BLOCKSIZE)
 _BLOB_NAME = re.compile(r"blobs/sha256/([a-f0-9]{64})")
@@ -235,10 +237,11 @@ class BundleReader:
         return BlobFile(fh, 0, size, name, owns=True)
 
     def read(self, digest: str) -> bytes:
-        """A small blob (manifest, config) whole, verified against its digest."""
+        """A small blob (manifest, image config) whole, verified against its digest. Not for an
+        artifact's config: that is a blob of any size (stream it with `open_blob`)."""
         size = self.size(digest)
         if size > MAX_READ:
-            raise BundleError(f"{self.path}: blob {digest} is {size} bytes; a manifest or config "
+            raise BundleError(f"{self.path}: blob {digest} is {size} bytes; a manifest "
                               f"is never over {MAX_READ >> 20} MiB")
         with self.open_blob(digest) as f:
             data = f.read(size)
@@ -249,26 +252,58 @@ class BundleReader:
 
     def describe(self, ref: str | None, root: Descriptor) -> dict:
         """An index.json image for people: reference, digest, media type, platforms, and size
-        (the manifests, configs and layers of it in the bundle, each counted once)."""
-        size, platforms, ask_config = 0, set(), set()
-        for parent, d in iter_tree(self, root):
-            if not self.has(d.digest):
-                continue
-            size += self.size(d.digest)
-            if d.media_type in IMAGE_TYPES and not d.is_attestation:
-                # An index child states its platform; a single image only in its config.
-                if p := from_oci(d.platform):
-                    platforms.add(str(p))
-                else:
-                    ask_config.add(d.digest)
-            elif parent is not None and parent.digest in ask_config and d == parent.config:
-                if p := from_oci(image_platform(self.read(d.digest))):
-                    platforms.add(str(p))
-        out = {"reference": ref, "digest": root.digest, "media_type": root.media_type,
-               "platforms": sorted(platforms), "size": size}
+        (the manifests, configs and layers of it in the bundle, each counted once).
+
+        Things worth knowing (an artifact's config, a config too big to read) go in "notes".
+        A damaged or unsafe image is not raised: its message goes in "problem" (size None), so
+        one bad image never hides the others."""
+        size, platforms, ask_config, notes = 0, set(), set(), []
+        out: dict = {"reference": ref, "digest": root.digest, "media_type": root.media_type}
+        try:
+            for parent, d in iter_tree(self, root):
+                if not self.has(d.digest):
+                    continue
+                size += self.size(d.digest)
+                if d.media_type in IMAGE_TYPES and not d.is_attestation:
+                    # An index child states its platform; a single image only in its config.
+                    if p := from_oci(d.platform):
+                        platforms.add(str(p))
+                    else:
+                        ask_config.add(d.digest)
+                elif parent is not None and parent.digest in ask_config and d == parent.config:
+                    if p := self._config_platform(d, notes):
+                        platforms.add(str(p))
+        except MirrorError as exc:
+            out.update(platforms=sorted(platforms), size=None, problem=str(exc))
+        else:
+            out.update(platforms=sorted(platforms), size=size)
         if source := root.annotations.get(ANN_SOURCE_DIGEST):
             out["source_digest"] = source
+        if notes:
+            out["notes"] = notes
         return out
+
+    def _config_platform(self, d: Descriptor, notes: list[str]) -> Platform | None:
+        """The platform an image config declares. A config is a blob like any other: only an
+        image config is read, and only when small; otherwise the platform is unknown, noted."""
+        if d.media_type not in IMAGE_CONFIG_TYPES:
+            notes.append(f"config is {d.media_type}, not an image config (an artifact): it names "
+                         "no platform and is not read")
+            return None
+        if (size := self.size(d.digest)) > MAX_READ:
+            notes.append(f"config {d.digest} is {size} bytes, over the {MAX_READ >> 20} MiB read to "
+                         "learn a platform: platform unknown")
+            return None
+        try:
+            p = from_oci(image_platform(self.read(d.digest)))
+        except (MirrorError, RecursionError) as exc:    # RecursionError: JSON nested [[[[… deep
+            why = "JSON nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            notes.append(f"config {d.digest} cannot be read ({why}): platform unknown; "
+                         f"run `imgmirror verify {self.path}`")
+            return None
+        if p is None:
+            notes.append(f"config {d.digest} names no os and architecture: platform unknown")
+        return p
 
     def walk(self, root: Descriptor) -> Iterator[Descriptor]:
         """Every descriptor reachable from an index.json entry (itself first, then index children,

@@ -493,7 +493,8 @@ def _check_docker_manifest(inv: _Inventory, res: VerifyResult) -> None:
 
 def list_bundle(path) -> list[dict]:
     """Each index.json image: reference, digest, media type, platforms, size (its manifests,
-    configs and layers in the bundle, each counted once)."""
+    configs and layers in the bundle, each counted once), and "notes" if any. A damaged image
+    gets "problem" (and size None) instead of failing the whole listing."""
     with open_bundle(path) as b:
         return [b.describe(ref, desc) for ref, desc in b.images]
 
@@ -529,15 +530,26 @@ def cmd_verify(args) -> int:
 
 
 def cmd_list(args) -> int:
-    """`imgmirror list BUNDLE [--json]`."""
+    """`imgmirror list BUNDLE [--json]`: 0 listed, 1 some image has a problem (listed anyway),
+    2 not a bundle (raised)."""
     if args.bundle == "-":
         raise UsageError("list reads a bundle in place: give a file or directory, not -")
     images = list_bundle(args.bundle)
+    bad = sum("problem" in i for i in images)
     if args.json:
         print(json.dumps(images, indent=2))
-        return 0
-    for i in images:
-        print(f"{i['reference'] or '(no name)'}\n    {i['digest']} {i['media_type']}\n"
-              f"    platforms: {', '.join(i['platforms']) or 'unknown'}\n    size: {human(i['size'])}")
-    print(f"{len(images)} images")
-    return 0
+    else:
+        for i in images:
+            size = human(i["size"]) if i["size"] is not None else "unknown"
+            print(f"{i['reference'] or '(no name)'}\n    {i['digest']} {i['media_type']}\n"
+                  f"    platforms: {', '.join(i['platforms']) or 'unknown'}\n    size: {size}")
+            for note in i.get("notes", ()):
+                print(f"    note: {note}")
+            if "problem" in i:
+                print(f"    problem: {i['problem']}")
+        tail = (f", {bad} with a problem; run `imgmirror verify {args.bundle}` for details" if bad else "")
+        print(f"{len(images)} images{tail}")
+    if bad and args.json:
+        print(f"imgmirror: {bad} of {len(images)} images with a problem; run `imgmirror verify "
+              f"{args.bundle}` for details", file=sys.stderr)
+    return 1 if bad else 0
