@@ -29,6 +29,10 @@ DEFAULT_OUTPUT = "bundles/mirror-{date}.tar"
 DEFAULT_CONCURRENCY = 8
 DEFAULT_RETRIES = 5
 _NULL = "tag:yaml.org,2002:null"
+# An image's `platforms: all`: every platform, whatever the top-level `platforms:` says. Empty,
+# because `platforms: []` is refused, so an empty tuple can mean nothing else; the resolver
+# is given None (no filter) for it.
+ALL_PLATFORMS: tuple[Platform, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,7 @@ class ImageSpec:
     tags: tuple[str, ...] = ()      # explicit tags
     tag_filter: TagFilter | None = None   # select from the registry's tag list
     digests: tuple[str, ...] = ()
-    platforms: tuple[Platform, ...] | None = None   # None: all platforms
+    platforms: tuple[Platform, ...] | None = None   # None: the top level's; ALL_PLATFORMS: every one
     target: str | None = None
     pinned: Reference | None = None  # source written as name:tag@digest: one image, by digest
     referrers: bool | None = None    # None: the top-level setting
@@ -71,7 +75,7 @@ class MirrorSpec:
     output: str = DEFAULT_OUTPUT
     cache: str | None = None
     concurrency: int = DEFAULT_CONCURRENCY
-    platforms: tuple[Platform, ...] | None = None
+    platforms: tuple[Platform, ...] | None = None   # None: every platform (`all` or no key)
     keep_index_digest: bool = False
     referrers: bool = False          # also mirror signatures, attestations, SBOMs pointing at images
     load_platform: Platform | None = None
@@ -181,15 +185,26 @@ class _Reader:
             self.fail(node, path, f"expected a list, e.g. [a, b], not {_shown(node)}")
         return [(self.string(n, f"{path}[{i}]"), n, f"{path}[{i}]") for i, n in enumerate(node.value)]
 
-    def platforms(self, node, path: str) -> tuple[Platform, ...]:
+    def platforms(self, node, path: str, top: bool = False) -> tuple[Platform, ...]:
+        """A list of platforms, or `all` (any case, as platform names are): ALL_PLATFORMS."""
+        if not isinstance(node, yaml.SequenceNode):
+            if isinstance(node, yaml.ScalarNode) and node.tag != _NULL \
+                    and self.string(node, path).strip().lower() == "all":
+                return ALL_PLATFORMS
+            self.fail(node, path, f"expected a list, e.g. [linux/amd64, linux/arm64], or `all` for "
+                      f"every platform, not {_shown(node)}")
         out = []
         for text, n, where in self.string_list(node, path):
             try:
                 out.append(parse_platform(text))
             except PlatformError as exc:
-                self.fail(n, where, str(exc))
+                every = text.strip().lower() == "all"
+                hint = "; for every platform write `platforms: all`, no list" if every else ""
+                self.fail(n, where, f"{exc}{hint}")
         if not out:
-            self.fail(node, path, "empty list; omit the key to take every platform")
+            self.fail(node, path, "empty list; write `platforms: all`, or omit the key, to take every "
+                      "platform" if top else "empty list; write `platforms: all` to take every platform "
+                      "(omitting the key takes the top-level `platforms:`)")
         return tuple(dict.fromkeys(out))
 
     # --- sections -------------------------------------------------------------------------
@@ -216,7 +231,8 @@ class _Reader:
         if "concurrency" in top:
             kw["concurrency"] = self.integer(top["concurrency"][1], "concurrency", 1, 256)
         if "platforms" in top:
-            kw["platforms"] = self.platforms(top["platforms"][1], "platforms")
+            # `all` at the top level is what leaving the key out means: no filter
+            kw["platforms"] = self.platforms(top["platforms"][1], "platforms", top=True) or None
         if "keep_index_digest" in top:
             kw["keep_index_digest"] = self.boolean(top["keep_index_digest"][1], "keep_index_digest")
         if "referrers" in top:

@@ -287,7 +287,7 @@ class Syncer:
                     time.monotonic(), spec)
         try:
             item.reg = self.registry(session, ref)
-            platforms = spec.platforms if spec.platforms is not None else self.spec.platforms
+            platforms = (self.spec.platforms if spec.platforms is None else spec.platforms) or None  # all: ()
             res = await resolve(item.reg, self.store, ref, None if referrer else platforms,
                                 True if referrer else self.spec.keep_index_digest, spec.where)
         except MirrorError as exc:

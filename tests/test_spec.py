@@ -20,12 +20,12 @@ from mirror.errors import SpecError
 from mirror.platform import Platform
 from mirror.reference import Reference
 from mirror.selection import TagFilter
-from mirror.spec import (DEFAULT_CONCURRENCY, DEFAULT_OUTPUT, ImageSpec, MirrorSpec, RegistryConfig,
-                         load_spec, parse_spec)
+from mirror.spec import (ALL_PLATFORMS, DEFAULT_CONCURRENCY, DEFAULT_OUTPUT, ImageSpec, MirrorSpec,
+                         RegistryConfig, load_spec, parse_spec)
 
 D1 = "sha256:" + "a" * 64
 D2 = "sha256:dbcc1c35ac38df41fd2f5e4130b32ffdb93ebae8b3dbe638c23575912276fc9c"
-ENV = {"GHCR_USER": "me", "GHCR_TOKEN": "ghp_secret", "OUT": "/srv/out"}
+ENV = {"GHCR_USER": "me", "GHCR_TOKEN": "ghp_secret", "OUT": "/srv/out", "ALL": "all"}
 AMD64, ARM64 = Platform("linux", "amd64"), Platform("linux", "arm64")
 
 
@@ -217,6 +217,28 @@ MINIMAL = "version: 1\nimages: [alpine]\n"
         "images[1].where": "mirror.yaml:8 images[1]",
     }, id="comments-anchors-aliases"),
     pytest.param('version: "1"\nimages: [alpine]\n', {"images[0].tags": ("latest",)}, id="quoted-version"),
+    # `platforms: all` switches the top-level default off for one image; at the top level it is
+    # what leaving the key out means. Any case, as platform names are (linux/AMD64 is accepted).
+    pytest.param("""\
+        version: 1
+        platforms: [linux/amd64]
+        images:
+          - source: alpine
+            platforms: all
+          - nginx
+          - source: busybox
+            platforms: [linux/arm64]
+        """, {
+        "platforms": (AMD64,), "images[0].platforms": ALL_PLATFORMS,
+        "images[1].platforms": None, "images[2].platforms": (ARM64,),
+    }, id="image-platforms-all"),
+    *(pytest.param(f"version: 1\nplatforms: [linux/amd64]\nimages:\n  - source: alpine\n"
+                   f"    platforms: {word}\n", {"images[0].platforms": ()}, id=f"image-platforms-{word}")
+      for word in ("ALL", "All", "'all'", '"all"', "${ALL}")),
+    pytest.param("version: 1\nplatforms: all\nimages: [alpine]\n",
+                 {"platforms": None, "images[0].platforms": None}, id="top-platforms-all"),
+    pytest.param("version: 1\nplatforms: ALL\nimages:\n  - source: alpine\n    platforms: all\n",
+                 {"platforms": None, "images[0].platforms": ()}, id="top-and-image-platforms-all"),
 ])
 def test_good_manifest(text, expected):
     spec = parse(text)
@@ -300,9 +322,22 @@ BAD = [
     bad("bad-platform-chars", "version: 1\nplatforms:\n  - linux/amd64\n  - linux/am d64\nimages: [alpine]\n",
         4, "platforms[1]", "invalid characters"),
     bad("empty-platforms", "version: 1\nplatforms: []\nimages: [alpine]\n", 2, "platforms",
-        "empty list", "omit the key"),
+        "empty list", "write `platforms: all`", "omit the key"),
+    bad("image-empty-platforms", "version: 1\nplatforms: [linux/amd64]\nimages:\n  - source: alpine\n"
+        "    platforms: []\n", 5, "images[0].platforms", "empty list", "write `platforms: all`",
+        "omitting the key takes the top-level"),
     bad("platforms-scalar", "version: 1\nplatforms: linux/amd64\nimages: [alpine]\n", 2, "platforms",
-        "expected a list", "not 'linux/amd64'"),
+        "expected a list", "or `all`", "not 'linux/amd64'"),
+    bad("image-platforms-any", IMG + "    platforms: any\n", 4, "images[0].platforms",
+        "expected a list", "or `all` for every platform", "not 'any'"),
+    bad("image-platforms-all-in-list", IMG + "    platforms: [all]\n", 4, "images[0].platforms[0]",
+        '"all" is not a valid platform', "write `platforms: all`, no list"),
+    bad("image-platforms-null", IMG + "    platforms:\n", 4, "images[0].platforms",
+        "expected a list", "not an empty value"),
+    bad("image-platforms-true", IMG + "    platforms: true\n", 4, "images[0].platforms",
+        "expected a list", "not 'true'"),
+    bad("image-platforms-mapping", IMG + "    platforms: {all: true}\n", 4, "images[0].platforms",
+        "expected a list", "not a mapping"),
     bad("image-bad-platform", IMG + "    platforms: [linux/amd64/v1/x]\n", 4, "images[0].platforms[0]",
         "too many parts"),
     bad("load-platform", "version: 1\nload_platform: amd64\nimages: [alpine]\n", 2, "load_platform",
@@ -558,7 +593,8 @@ _PLATFORMS = ["linux/amd64", "linux/arm64", "linux/arm/v7", "linux/x86_64"]
 
 
 def _platforms(rng: random.Random):
-    return _maybe(rng, [rng.sample(_PLATFORMS, rng.randrange(1, 4))], [["linux"], ["windows/amd64/x/y"], []])
+    return _maybe(rng, [rng.sample(_PLATFORMS, rng.randrange(1, 4)), "all"],
+                  [["linux"], ["windows/amd64/x/y"], [], ["all"], "any"])
 
 
 def _filter(rng: random.Random) -> dict:
