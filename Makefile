@@ -10,10 +10,11 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: demo test deps venv bench bench-push bench-scale clean
 
 deps:
-	@if ! command -v docker-registry >/dev/null || ! command -v skopeo >/dev/null; then \
-	  echo "installing docker-registry and skopeo with apt"; \
+	@if ! command -v docker-registry >/dev/null || ! command -v skopeo >/dev/null || \
+	    ! command -v podman >/dev/null; then \
+	  echo "installing docker-registry, skopeo and podman with apt"; \
 	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq docker-registry skopeo >/dev/null; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq docker-registry skopeo podman >/dev/null; \
 	fi
 
 $(VENV)/.installed: pyproject.toml

@@ -22,6 +22,7 @@ from .push import Destination, PushImage, PushOptions, push_images
 from .spec import RegistryConfig, load_spec
 from .store import Store, default_cache_dir
 from .serve import add_parser as add_serve_command
+from .extract import add_parser as add_extract_command
 from .verify import add_parsers as add_bundle_commands
 from .sync import SyncOptions, SyncResult, Syncer
 
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("-q", "--quiet", action="store_true", help="only failures and the summary")
     add_bundle_commands(sub)            # verify, list
     add_serve_command(sub)              # serve
+    add_extract_command(sub)            # extract
     return p
 
 
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             build_parser().print_help(sys.stderr)
             return 2
-        if hasattr(args, "handler"):         # verify, list
+        if hasattr(args, "handler"):         # verify, list, serve, extract
             return args.handler(args)
         return cmd_push(args) if args.command == "push" else cmd_sync(args)
     except MirrorError as exc:
