@@ -16,7 +16,7 @@ from pathlib import Path
 from . import __version__
 from .errors import MirrorError, UsageError, exit_code
 from .progress import Progress, human, make_progress
-from .diff import load_base
+from .diff import expected_holders, load_base
 from .oci import ANN_TARGET
 from .push import Destination, PushImage, PushOptions, push_images
 from .spec import RegistryConfig, load_spec
@@ -29,7 +29,7 @@ from .sync import SyncOptions, SyncResult, Syncer
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):   # usage errors exit 2 through the same path as everything else
-        raise UsageError(f"{message} (see `imgmirror {self.prog.split()[-1]} --help`)")
+        raise UsageError(f"{message} (see `{self.prog} --help`)")   # prog: `imgmirror [sub]`
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,7 +170,8 @@ def cmd_push(args) -> int:
     progress = make_progress(args.progress, -1 if args.quiet else args.verbose)
     opts = PushOptions(jobs=args.jobs, chunk_size=chunk, dry_run=args.dry_run, fail_fast=args.fail_fast)
     try:
-        result = asyncio.run(push_images(reader, images, dest, cfg, opts, progress, insecure=args.insecure))
+        result = asyncio.run(push_images(reader, images, dest, cfg, opts, progress, insecure=args.insecure,
+                                         holders=expected_holders(reader)))
     finally:
         progress.close()
         reader.close()

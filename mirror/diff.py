@@ -7,20 +7,32 @@ blobs its base did not. Its index.json says so in two annotations:
                                   (digest, size) it expects from its base
 so `verify` and `push` know which absent blobs are absent on purpose. A chain works: what a bundle
 counts as carried is what it holds plus what it expected from its own base.
+
+Each expected blob also names where the base carried it: the repositories (and `target:` paths)
+of the base's images that hold it, its "holders". A differential bundle pushed on its own needs
+them: a new image often shares a base layer with an image of another repository, and push mounts
+the blob from there (mapped through the same --to prefix and target: rules) instead of refusing.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import BundleError, UsageError
-from .oci import sha256_digest
+from .oci import ANN_TARGET, parse_manifest, sha256_digest
+from .reference import parse_reference
 
 ANN_BASE = "io.imgmirror.bundle.base"
 ANN_EXPECTED = "io.imgmirror.bundle.expected"
 EXPECTED_MEDIA_TYPE = "application/vnd.imgmirror.expected-blobs.v1+json"
+
+
+MAX_HOLDERS = 8        # holders recorded per blob: enough to find it, bounded for huge bundles
+
+# Where a blob was carried: an image's repository (`docker.io/library/alpine`) and its target:
+Holder = tuple[str, "str | None"]
 
 
 @dataclass(frozen=True)
@@ -29,26 +41,88 @@ class Base:
 
     index_sha256: str             # sha256 of its index.json
     carried: frozenset[str]       # digests it holds, or expects from its own base
+    held: frozenset[str] | None = None     # digests it holds itself (None: a report, not known)
+    holders: dict[str, tuple[Holder, ...]] = field(default_factory=dict, compare=False, hash=False)
+
+
+def holders_json(holders: tuple[Holder, ...]) -> list[dict]:
+    return [{"name": name, **({"target": target} if target else {})} for name, target in holders]
+
+
+def _holders_from(entries, where: str) -> tuple[Holder, ...]:
+    try:
+        return tuple((str(h["name"]), h.get("target") or None) for h in entries or ())
+    except (KeyError, TypeError, AttributeError):
+        raise BundleError(f"{where}: a blob's holders are not a list of {{name, target}}") from None
+
+
+def add_holder(holders: dict[str, tuple[Holder, ...]], digest: str, holder: Holder) -> None:
+    """Record one more holder of a blob, keeping the list sorted, unique and bounded."""
+    have = holders.get(digest, ())
+    if holder not in have and len(have) < MAX_HOLDERS:
+        holders[digest] = tuple(sorted((*have, holder), key=lambda h: (h[0], h[1] or "")))
 
 
 def expected_doc(base: Base, blobs: dict[str, int]) -> bytes:
-    """The JSON blob listing what a differential bundle expects from its base."""
-    return json.dumps({"base": base.index_sha256,
-                       "blobs": [{"digest": d, "size": blobs[d]} for d in sorted(blobs)]},
+    """The JSON blob listing what a differential bundle expects from its base, and where the
+    base carried each one."""
+    entries = []
+    for d in sorted(blobs):
+        entry = {"digest": d, "size": blobs[d]}
+        if base.holders.get(d):
+            entry["from"] = holders_json(base.holders[d])
+        entries.append(entry)
+    return json.dumps({"base": base.index_sha256, "blobs": entries},
                       sort_keys=True, separators=(",", ":")).encode()
+
+
+def _expected_entries(reader) -> list[dict]:
+    digest = (reader.index.get("annotations") or {}).get(ANN_EXPECTED)
+    if not digest:
+        return []
+    try:
+        doc = json.loads(reader.read(digest))
+        return [dict(b, size=int(b["size"]), digest=str(b["digest"])) for b in doc["blobs"]]
+    except (BundleError, ValueError, KeyError, TypeError) as exc:
+        raise BundleError(f"{reader.path}: the list of blobs expected from its base ({digest}) "
+                          f"cannot be read ({exc.__class__.__name__})") from None
 
 
 def read_expected(reader) -> dict[str, int]:
     """The blobs a bundle expects from its base ({} for a full bundle)."""
-    digest = (reader.index.get("annotations") or {}).get(ANN_EXPECTED)
-    if not digest:
-        return {}
-    try:
-        doc = json.loads(reader.read(digest))
-        return {b["digest"]: int(b["size"]) for b in doc["blobs"]}
-    except (BundleError, ValueError, KeyError, TypeError) as exc:
-        raise BundleError(f"{reader.path}: the list of blobs expected from its base ({digest}) "
-                          f"cannot be read ({exc.__class__.__name__})") from None
+    return {b["digest"]: b["size"] for b in _expected_entries(reader)}
+
+
+def expected_holders(reader) -> dict[str, tuple[Holder, ...]]:
+    """Where the base carried each blob a bundle expects from it (bundles written before holders
+    were recorded name none). Several bundles read as one (push BASE DIFF…): all their lists."""
+    out: dict[str, tuple[Holder, ...]] = {}
+    for r in getattr(reader, "readers", None) or [reader]:
+        for b in _expected_entries(r):
+            for h in _holders_from(b.get("from"), f"{r.path}: expected blob {b['digest']}"):
+                add_holder(out, b["digest"], h)
+    return out
+
+
+def bundle_holders(reader) -> dict[str, tuple[Holder, ...]]:
+    """The repositories (and targets) of a bundle's own images that hold each of its blobs."""
+    out: dict[str, tuple[Holder, ...]] = {}
+
+    def walk(digest: str, holder: Holder, depth: int) -> None:
+        if depth > 8 or not reader.has(digest):
+            return
+        m = parse_manifest(reader.read(digest), None, f"{reader.path}: {digest}")
+        for child in m.children:
+            walk(child.digest, holder, depth + 1)
+        for b in m.blobs:
+            if reader.has(b.digest):
+                add_holder(out, b.digest, holder)
+
+    for ref, desc in reader.images:
+        if ref:
+            r = parse_reference(ref)
+            walk(desc.digest, (r.name, desc.annotations.get(ANN_TARGET) or None), 0)
+    return out
 
 
 def load_base(path: str) -> Base:
@@ -57,11 +131,17 @@ def load_base(path: str) -> Base:
     if p.suffix == ".json" and p.is_file():
         try:
             bundle = json.loads(p.read_text())["bundle"]
-            return Base(bundle["index_sha256"], frozenset(bundle["carried"]))
-        except (ValueError, KeyError, TypeError) as exc:
+            holders = {d: _holders_from(hs, f"{path}: carried_by {d}")
+                       for d, hs in (bundle.get("carried_by") or {}).items()}
+            return Base(bundle["index_sha256"], frozenset(bundle["carried"]), holders=holders)
+        except (ValueError, KeyError, TypeError, AttributeError, BundleError) as exc:
             raise UsageError(f"--since {path}: not a report of an imgmirror sync that wrote a bundle "
                              f"({exc.__class__.__name__}: {exc}); give the bundle itself instead") from None
     from .bundle_read import open_bundle
     with open_bundle(path) as reader:
         carried = set(reader.digests()) | set(read_expected(reader))
-        return Base(sha256_digest(reader.index_raw), frozenset(carried))
+        holders = expected_holders(reader)
+        for d, hs in bundle_holders(reader).items():
+            for h in hs:
+                add_holder(holders, d, h)
+        return Base(sha256_digest(reader.index_raw), frozenset(carried), frozenset(reader.digests()), holders)

@@ -62,9 +62,16 @@ class PlatformError(MirrorError):
 class RegistryError(MirrorError):
     """A registry answered with an error status."""
 
-    def __init__(self, message: str, *, status: int | None = None, code: str | None = None):
-        self.status, self.code = status, code
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
+                 errors: tuple[dict, ...] = ()):
+        # `errors`: every entry of the registry's {"errors": [...]} answer (code, message, detail)
+        self.status, self.code, self.errors = status, code, tuple(errors)
         super().__init__(message)
+
+    @property
+    def codes(self) -> set[str]:
+        """Every error code the registry gave."""
+        return {e["code"] for e in self.errors if e.get("code")} | ({self.code} if self.code else set())
 
 
 class AuthError(RegistryError):
@@ -79,8 +86,8 @@ class TransientError(RegistryError):
     """A fault worth retrying (408, 429, 5xx, connection errors) that outlived its retries."""
 
     def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
-                 retry_after: float | None = None):
-        super().__init__(message, status=status, code=code)
+                 retry_after: float | None = None, errors: tuple[dict, ...] = ()):
+        super().__init__(message, status=status, code=code, errors=errors)
         self.retry_after = retry_after
 
 

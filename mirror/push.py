@@ -12,9 +12,10 @@ import asyncio
 import time
 from dataclasses import asdict, dataclass, field
 
-from .errors import MirrorError, UsageError
+from .errors import MirrorError, RegistryError, UsageError
 from .oci import Descriptor, Manifest, parse_manifest
 from .progress import Progress, human
+from .diff import Holder
 from .reference import ReferenceError_, parse_reference
 from .upload import BlobSource, Uploader
 
@@ -54,9 +55,12 @@ class Destination:
     def place(self, image: PushImage) -> tuple[str, str | None, str]:
         """(repository, tag or None, digest) in this registry for a bundle image."""
         src = parse_reference(image.ref_name)
-        path = image.target or src.repository
-        repo = f"{self.prefix}/{path}" if self.prefix else path
-        return repo, src.tag, image.descriptor.digest
+        return self.repository(src.repository, image.target), src.tag, image.descriptor.digest
+
+    def repository(self, path: str, target: str | None = None) -> str:
+        """The repository here for a source repository path (without its host) or its target:."""
+        path = target or path
+        return f"{self.prefix}/{path}" if self.prefix else path
 
 
 @dataclass
@@ -101,14 +105,18 @@ class _Plan:
     manifests: list[Manifest] = field(default_factory=list)   # children first, top last
     blobs: dict[str, Descriptor] = field(default_factory=dict)
     lacking: dict[str, Descriptor] = field(default_factory=dict)   # not in any source bundle
+    sparse: bool = False          # an index whose children are not all in the source
 
 
 class Pusher:
     """Pushes a set of images from one source into one registry."""
 
     def __init__(self, source: BlobSource, uploader: Uploader, dest: Destination, opts: PushOptions,
-                 progress: Progress):
+                 progress: Progress, holders: dict[str, tuple[Holder, ...]] | None = None):
         self.source, self.up, self.dest, self.opts, self.progress = source, uploader, dest, opts, progress
+        # a differential bundle's blobs expected from its base -> the base images that carried them
+        self.holders = holders or {}
+        self.mounts: dict[tuple[str, str], str] = {}     # (repo, digest) -> repo to mount it from
         self.jobs = asyncio.Semaphore(opts.jobs)
         self.blob_tasks: dict[tuple[str, str], asyncio.Future] = {}
         self.holder: dict[str, asyncio.Future] = {}      # digest -> repo that has it (this run)
@@ -141,6 +149,8 @@ class Pusher:
             for child in m.children:
                 if self.source.has(child.digest):      # a sparse index lacks some children
                     self._walk(plan, child, depth + 1)
+                else:
+                    plan.sparse = True
         else:
             for b in m.blobs:
                 if self.source.has(b.digest):
@@ -182,21 +192,55 @@ class Pusher:
         return PushResult(list(reports), totals, dest)
 
     async def check_lacking(self, plans: list[_Plan]) -> None:
-        """Blobs no bundle holds (a differential bundle's, from its base) must already be in the
-        registry: refuse before any manifest is pushed, naming them and the images that need them."""
+        """Find every blob no bundle holds (a differential bundle's, from its base) in the registry:
+        in the repository that needs it, else in the repositories the base carried it in (mapped
+        through --to and target:), else in another repository of this push that needs it too.
+        One found elsewhere is mounted with the image's blobs. Refuse before any manifest is
+        pushed if one is nowhere, naming it, the images that need it and where it was looked for."""
         wanted = {(p.repo, d): p for p in plans for d in p.lacking}
         if not wanted:
             return
-        present = await asyncio.gather(*(self.up.blob_exists(repo, d) for repo, d in wanted))
-        missing: dict[str, list[str]] = {}
-        for (repo, d), ok in zip(wanted, present, strict=True):
-            if not ok:
-                missing.setdefault(d, []).append(wanted[(repo, d)].image.ref_name)
+        heads: dict[tuple[str, str], asyncio.Future] = {}
+        needing: dict[str, list[str]] = {}
+        for repo, d in wanted:
+            needing.setdefault(d, []).append(repo)
+
+        def head(repo: str, d: str) -> asyncio.Future:
+            if (repo, d) not in heads:
+                heads[repo, d] = asyncio.ensure_future(self.up.blob_exists(repo, d))
+            return heads[repo, d]
+
+        async def locate(repo: str, d: str) -> tuple[str | None, list[str]]:
+            candidates = [repo] + [self.dest.repository(parse_reference(name).repository, target)
+                                   for name, target in self.holders.get(d, ())] + needing[d]
+            looked: list[str] = []
+            for cand in dict.fromkeys(candidates):
+                looked.append(cand)
+                if await head(cand, d):
+                    return cand, looked
+            return None, looked
+
+        try:
+            found = await asyncio.gather(*(locate(repo, d) for repo, d in wanted))
+        finally:
+            for f in heads.values():
+                f.cancel()
+        missing: dict[str, tuple[set, set]] = {}
+        for (repo, d), (src, looked) in zip(wanted, found, strict=True):
+            if src is None:
+                refs, places = missing.setdefault(d, (set(), set()))
+                refs.add(wanted[repo, d].image.ref_name)
+                places.update(f"{self.dest.host}/{r}" for r in looked)
+            elif src != repo:
+                self.mounts[repo, d] = src
         if missing:
-            lines = "; ".join(f"{d} (needed by {', '.join(sorted(set(refs)))})" for d, refs in sorted(missing.items()))
-            raise MirrorError(f"{len(missing)} blobs are in no bundle given and not in {self.dest.host}: "
-                              f"{lines}. This is a differential bundle: push its base first, or give the "
-                              "base bundles on the same command line (push BASE DIFF1 DIFF2 …); nothing was pushed")
+            lines = "; ".join(f"{d} (needed by {', '.join(sorted(refs))}; looked in {', '.join(sorted(places))})"
+                              for d, (refs, places) in sorted(missing.items()))
+            n = len(missing)
+            raise MirrorError(f"{n} blob{'s are' if n > 1 else ' is'} in no bundle given and not in "
+                              f"{self.dest.host}: {lines}. This is a differential bundle: push its base "
+                              "first, or give the base bundles on the same command line "
+                              "(push BASE DIFF1 DIFF2 …); nothing was pushed")
 
     async def push_one(self, plan: _Plan) -> PushReport:
         started = time.monotonic()
@@ -209,14 +253,16 @@ class Pusher:
             if await self.up.manifest_digest(plan.repo, plan.tag or top.digest) == top.digest:
                 report.existing, report.status = len(plan.blobs), "ok"
                 return self._done(report, started)
-            results = await asyncio.gather(*(self.blob(plan.repo, d) for d in plan.blobs.values()),
+            mounts = [d for d in plan.lacking.values() if (plan.repo, d.digest) in self.mounts]
+            results = await asyncio.gather(*(self.blob(plan.repo, d) for d in [*plan.blobs.values(), *mounts]),
                                            return_exceptions=True)
             for r in results:
                 if isinstance(r, BaseException):
                     raise r
                 setattr(report, r, getattr(report, r) + 1)
-            report.uploaded_bytes = sum(plan.blobs[d].size for d, r in zip(plan.blobs, results, strict=True)
-                                        if r == "uploaded")
+            report.uploaded_bytes = sum(plan.blobs[d].size for d, r in zip(plan.blobs, results[:len(plan.blobs)],
+                                                                           strict=True)
+                                        if r == "uploaded")     # the mounts come after plan.blobs
             if not self.opts.dry_run:
                 # Children first (the registry checks references), each by digest, so the registry
                 # checks the bytes against the digest too; the top as well, before its tag.
@@ -237,7 +283,7 @@ class Pusher:
                                           f"the bundle has {top.digest}")
             report.status = "ok"
         except MirrorError as exc:
-            report.status, report.error = "failed", _explain(str(exc))
+            report.status, report.error = "failed", _explain(exc, plan)
         except OSError as exc:
             report.status, report.error = "failed", f"reading the source: {exc.strerror or exc}"
         return self._done(report, started)
@@ -258,6 +304,8 @@ class Pusher:
 
     async def _blob(self, repo: str, desc: Descriptor) -> str:
         d = desc.digest
+        if (repo, d) in self.mounts:
+            return await self._mount_from_base(repo, d, self.mounts[repo, d])
         holder = self.holder.get(d)
         if holder is None:
             self.holder[d] = holder = asyncio.get_running_loop().create_future()
@@ -293,25 +341,50 @@ class Pusher:
                                  on_bytes=self._count)
         return "uploaded"
 
+    async def _mount_from_base(self, repo: str, d: str, from_repo: str) -> str:
+        """Mount a blob no bundle given holds from the repository it was found in."""
+        if self.opts.dry_run:
+            return "mounted"
+        async with self.jobs:
+            location = await self.up.mount(repo, d, from_repo)
+        if location is None:
+            return "mounted"
+        # 202: the registry opened an upload session instead of mounting; nothing to send into it
+        await self.up.cancel(location, repo)
+        raise MirrorError(f"{self.dest.host}/{repo}: the registry did not mount {d} from {from_repo} (it "
+                          "answered 202 instead of 201) and no bundle given holds it; give the base bundles "
+                          "on the same command line (push BASE DIFF …) so it can be uploaded")
+
     def _count(self, n: int) -> None:
         self.uploaded_bytes += n
         self.progress.advance(n)
 
 
-def _explain(message: str) -> str:
-    if "MANIFEST_BLOB_UNKNOWN" in message or "BLOB_UNKNOWN" in message:
-        return (message + " — the registry refuses a manifest whose children or blobs it lacks; "
-                "a bundle made with keep_index_digest: true holds a sparse index that some "
-                "registries (distribution 2.8 among them) do not store")
+def _explain(exc: MirrorError, plan: _Plan) -> str:
+    """The error, and what to do where the registry's words alone do not say it."""
+    message = str(exc)
+    codes = exc.codes if isinstance(exc, RegistryError) else set()
+    if not codes & {"MANIFEST_BLOB_UNKNOWN", "BLOB_UNKNOWN"}:
+        return message
+    named = {e["detail"] for e in exc.errors if e["detail"].startswith("sha256:")}
+    foreign = {d.digest for m in plan.manifests if not m.is_index for d in m.layers if d.urls}
+    if foreign and (named & foreign or not named):
+        return (message + " — the manifest has foreign (non-distributable) layers with urls, which "
+                "this registry refuses; distribution accepts them only when its configuration sets "
+                "validation.manifests.urls.allow (e.g. ['^https?://']): ask its operator to, or "
+                "leave this image out")
+    if plan.sparse:
+        return (message + " — the index is sparse (made with keep_index_digest: true): its "
+                "unfiltered children are in no bundle, and some registries (distribution 2.8 among "
+                "them) refuse to store such an index; sync it without keep_index_digest to push it")
     return message
-
-
 
 
 async def push_images(source: BlobSource, images: list[PushImage], dest: Destination, registry,
                       opts: PushOptions, progress: Progress, session=None,
-                      insecure: bool = False) -> PushResult:
-    """Push `images` from `source` to `dest`; `registry` is the destination's RegistryConfig."""
+                      insecure: bool = False, holders: dict | None = None) -> PushResult:
+    """Push `images` from `source` to `dest`; `registry` is the destination's RegistryConfig;
+    `holders`: where a differential bundle's base carried the blobs it lacks (diff.expected_holders)."""
     import aiohttp
 
     from .transport import transport_for
@@ -321,7 +394,7 @@ async def push_images(source: BlobSource, images: list[PushImage], dest: Destina
                                         trust_env=False)
     try:
         uploader = Uploader(transport_for(session, dest.host, registry, opts.jobs, insecure))
-        return await Pusher(source, uploader, dest, opts, progress).run(images)
+        return await Pusher(source, uploader, dest, opts, progress, holders).run(images)
     finally:
         if own:
             await session.close()

@@ -184,6 +184,11 @@ def _check_digest(text: str, digest: str) -> None:
                           "with at least 32 hex characters")
 
 
+def join_ref(name: str, ref: str) -> str:
+    """`name:tag` or `name@sha256:…`, for messages about a tag or digest of a repository."""
+    return f"{name}@{ref}" if ref.startswith("sha256:") else f"{name}:{ref}"
+
+
 def is_loopback(host: str) -> bool:
     """Whether a registry host (with or without port) is this machine: Docker talks HTTP to it."""
     hostname = host

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import random
 from urllib.parse import urljoin
 
 import aiohttp
 
 from .errors import RegistryError, TransientError
 from .oci import ACCEPT, Descriptor
+from .reference import join_ref
 from .store import Store
 from .transport import Transport, redact_url
 
@@ -37,17 +37,16 @@ class Registry:
         """The digest a tag points at (HEAD: not counted by Docker Hub's pull limit), if the registry says."""
         async with self.t.limit:
             resp = await self.t.open("HEAD", f"/v2/{repo}/manifests/{ref}", scopes=_pull(repo),
-                                     headers={"Accept": ACCEPT}, what=f"manifest {repo}:{ref}")
+                                     headers={"Accept": ACCEPT}, what=f"manifest {join_ref(f'{self.host}/{repo}', ref)}")
             resp.release()
         return resp.headers.get("Docker-Content-Digest")
 
     async def get_manifest(self, repo: str, ref: str) -> tuple[bytes, str]:
         """The exact manifest bytes and their Content-Type."""
-        sep = "@" if ":" in ref else ":"
-        what = f"manifest {self.host}/{repo}{sep}{ref}"
-        async with self.t.limit:
+        what = f"manifest {join_ref(f'{self.host}/{repo}', ref)}"
+        async def attempt() -> tuple[bytes, str]:
             resp = await self.t.open("GET", f"/v2/{repo}/manifests/{ref}", scopes=_pull(repo),
-                                     headers={"Accept": ACCEPT}, what=what)
+                                     headers={"Accept": ACCEPT}, what=what, retry=False)
             async with resp:
                 try:
                     raw = await resp.content.read(MAX_MANIFEST_BYTES + 1)
@@ -64,6 +63,8 @@ class Registry:
                 except (TimeoutError, aiohttp.ClientError) as exc:
                     raise TransientError(f"{what}: connection lost ({exc.__class__.__name__})") from None
                 return raw, resp.headers.get("Content-Type", "")
+        async with self.t.limit:
+            return await self.t.retrying(attempt)
 
     async def list_tags(self, repo: str, page_size: int = 1000) -> list[str]:
         """Every tag of a repository, following `Link: <…>; rel="next"` to the end."""
@@ -91,27 +92,22 @@ class Registry:
         follow the bytes as they land; `on_bytes(n)` counts them."""
         url = f"/v2/{repo}/blobs/{desc.digest}"
         what = f"blob {desc.digest} of {self.host}/{repo}"
-        retries = self.t.settings.retries
         async with self.t.limit:
             writer = store.begin(desc.digest, desc.size)
             if on_start:
                 on_start(writer)
             try:
-                for attempt in range(retries + 1):
-                    try:
-                        await self._stream_into(url, repo, writer, what, on_bytes)
-                        break
-                    except TransientError:
-                        if attempt == retries:
-                            raise
-                        await asyncio.sleep(min(10.0, 0.2 * 2 ** attempt) * random.random())
+                # One operation under the transport's retry policy: each attempt is one GET,
+                # a resumed one (Range) included, so N retries mean N+1 GETs at most.
+                await self.t.retrying(lambda: self._stream_into(url, repo, writer, what, on_bytes))
                 await asyncio.to_thread(writer.commit)
             finally:
                 writer.abort()
 
     async def _stream_into(self, url, repo, writer, what, on_bytes) -> None:
         headers = {"Range": f"bytes={writer.size}-"} if writer.size else {}
-        resp = await self.t.open("GET", url, scopes=_pull(repo), headers=headers, ok=(200, 206), what=what)
+        resp = await self.t.open("GET", url, scopes=_pull(repo), headers=headers, ok=(200, 206), what=what,
+                                 retry=False)
         async with resp:
             if resp.status == 206:
                 start = resp.headers.get("Content-Range", "").removeprefix("bytes ").split("-")[0]

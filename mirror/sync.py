@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 
 from .bundle import BundleContent, BundleImage, LoadEntry, TarWriter, blob_order, write_dir
-from .diff import ANN_BASE, ANN_EXPECTED, Base, expected_doc
+from .diff import ANN_BASE, ANN_EXPECTED, Base, add_holder, expected_doc, holders_json
 from .errors import BundleError, MirrorError
 from .oci import Descriptor, image_platform, sha256_digest
 from .platform import Platform, from_oci, matches, parse_platform
@@ -407,15 +407,24 @@ class Syncer:
                 ref_name=res.name, descriptor=res.top, source_digest=res.source_digest, target=res.target,
                 load=self.load_entry(res, load_platform) if res.ref.tag else None, tag=res.ref.tag))
         carried = set(content.blobs)
+        holders: dict = {}        # blob -> the images' repositories (and targets) carrying it
+        for res in resolved:
+            for d in res.blobs:
+                if d not in self.excluded:
+                    add_holder(holders, d, (res.ref.name, res.target))
         if self.expected_blob:
             digest, size = self.expected_blob
             content.blobs[digest] = size
             content.annotations = {ANN_BASE: self.opts.since.index_sha256, ANN_EXPECTED: digest}
-            carried |= {b["digest"] for b in json.loads(self.store.read(digest))["blobs"]}
+            expected = {b["digest"] for b in json.loads(self.store.read(digest))["blobs"]}
+            carried |= expected
+            holders.update({d: self.opts.since.holders[d] for d in expected if d in self.opts.since.holders})
         summary = {"images": len(content.images), "blobs": len(content.blobs),
-                   # what a later --since needs from this bundle: the sha256 of its index.json and
-                   # every digest it holds or expects from its own base
-                   "index_sha256": sha256_digest(content.index_json()), "carried": sorted(carried)}
+                   # what a later --since needs from this bundle: the sha256 of its index.json,
+                   # every digest it holds or expects from its own base, and where each blob was
+                   # carried (so a differential push can mount it from there)
+                   "index_sha256": sha256_digest(content.index_json()), "carried": sorted(carried),
+                   "carried_by": {d: holders_json(holders[d]) for d in sorted(holders)}}
         if writer is None:
             target = Path(self.output_path())
             write_dir(target, self.store, content)

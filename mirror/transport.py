@@ -13,6 +13,7 @@ import base64
 import email.utils
 import json
 import os
+import random
 import re
 import ssl
 import time
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
-from tenacity import (AsyncRetrying, retry_if_exception_type, stop_after_attempt, stop_after_delay,
+from tenacity import (AsyncRetrying, retry_if_exception_type, stop_after_attempt, stop_before_delay,
                       wait_random_exponential)
 
 from .credentials import Credentials
@@ -78,10 +79,12 @@ def redact_url(url: str) -> str:
 
 
 def _wait_policy(retry_state) -> float:
-    """Honour Retry-After when the server gave one; else exponential backoff with full jitter."""
+    """Honour Retry-After when the server gave one (plus up to 10 % jitter, so clients told the
+    same moment do not return together); else exponential backoff with full jitter."""
     exc = retry_state.outcome.exception() if retry_state.outcome else None
     if isinstance(exc, TransientError) and exc.retry_after is not None:
-        return min(exc.retry_after, MAX_RETRY_AFTER)
+        wait = min(exc.retry_after, MAX_RETRY_AFTER)
+        return wait + random.uniform(0, 0.1 * wait + 0.05)
     return wait_random_exponential(multiplier=0.2, max=10)(retry_state)
 
 
@@ -212,21 +215,32 @@ class Transport:
         return token, time.monotonic() + max(1.0, float(ttl) - 10)
 
     # --- requests -------------------------------------------------------------------------
+    async def retrying(self, operation):
+        """Run `operation()` (a coroutine function) under the one retry policy of imgmirror:
+        at most `retries` + 1 attempts on a TransientError, waits honouring Retry-After with
+        jitter, the whole bounded by MAX_TOTAL_WAIT. An operation that sends several requests
+        (an upload session, a resumed download) is one attempt: its own requests are sent with
+        `open(..., retry=False)`, so retries never multiply."""
+        policy = AsyncRetrying(
+            retry=retry_if_exception_type(TransientError),
+            stop=stop_after_attempt(self.settings.retries + 1) | stop_before_delay(MAX_TOTAL_WAIT),
+            wait=_wait_policy, reraise=True)
+        async for attempt in policy:
+            with attempt:
+                return await operation()
+        raise AssertionError("unreachable")
+
     async def open(self, method: str, url: str, *, scopes: frozenset, headers: dict | None = None,
                    ok: tuple[int, ...] = (200,), what: str = "", body=None,
                    retry: bool = True) -> aiohttp.ClientResponse:
-        """Send a request (retried, authenticated) and return the open response; caller closes it.
+        """Send a request and return the open response; the caller closes it.
 
-        `body` is a callable giving a fresh request body for each attempt. `retry=False` for
-        requests whose retry means more than sending them again (an upload session's PUT)."""
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(TransientError),
-            stop=stop_after_attempt(self.settings.retries + 1 if retry else 1) | stop_after_delay(MAX_TOTAL_WAIT),
-            wait=_wait_policy, reraise=True)
-        async for attempt in retrying:
-            with attempt:
-                return await self._open_once(method, url, scopes, headers or {}, ok, what, body)
-        raise AssertionError("unreachable")
+        `body` is a callable giving a fresh request body for each attempt. With `retry=True` the
+        request is its own operation under `retrying`; `retry=False` is for a request that is one
+        step of a larger operation which the caller runs under `retrying` as a whole."""
+        def once():
+            return self._open_once(method, url, scopes, headers or {}, ok, what, body)
+        return await (self.retrying(once) if retry else once())
 
     async def _open_once(self, method, url, scopes, headers, ok, what, body=None):
         full = url if url.startswith(("http://", "https://")) else self.base + url
@@ -286,28 +300,75 @@ class Transport:
     async def _raise_for(self, resp, method, url, what):
         body = await resp.read()
         resp.release()
-        code, message = None, ""
-        try:
-            err = json.loads(body)["errors"][0]
-            code, message = err.get("code"), err.get("message", "")
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-            pass
+        errors = parse_errors(body)
+        code = errors[0]["code"] if errors else None
         status = resp.status
         subject = what or f"{method} {redact_url(url)}"
-        detail = f"{status}{' ' + code if code else ''}{': ' + message if message else ''}"
-        if status in RETRY_STATUSES:
-            raise TransientError(f"{self.settings.host}: {subject}: {detail}", status=status, code=code,
-                                 retry_after=parse_retry_after(resp.headers.get("Retry-After")))
+        detail = f"{status}" + (f" {describe_errors(errors)}" if errors else "")
+        kw = dict(status=status, code=code, errors=errors)
+        # A 5xx that names a problem with what was sent (distribution answers 500 UNKNOWN +
+        # MANIFEST_BLOB_UNKNOWN to a manifest with foreign-layer URLs) fails again the same way.
+        if status in RETRY_STATUSES and not {e["code"] for e in errors} & PERMANENT_CODES:
+            raise TransientError(f"{self.settings.host}: {subject}: {detail}",
+                                 retry_after=parse_retry_after(resp.headers.get("Retry-After")), **kw)
         if status == 400 and url.startswith("http:") and b"HTTPS server" in body:
             raise RegistryError(self._https_hint(), status=status)
         if status in (401, 403):
             hint = ("check the credentials (registries in mirror.yaml, docker login)" if self.credentials
                     else "no credentials found; add them under registries in mirror.yaml or `docker login`")
-            raise AuthError(f"{self.settings.host}: {subject}: access denied ({detail}); {hint}",
-                            status=status, code=code)
+            raise AuthError(f"{self.settings.host}: {subject}: access denied ({detail}); {hint}", **kw)
         if status == 404:
-            raise NotFoundError(f"{self.settings.host}: {subject}: not found ({detail})", status=status, code=code)
-        raise RegistryError(f"{self.settings.host}: {subject}: {detail}", status=status, code=code)
+            raise NotFoundError(f"{self.settings.host}: {subject}: not found ({detail})", **kw)
+        raise RegistryError(f"{self.settings.host}: {subject}: {detail}", **kw)
+
+
+# Error codes that say what was sent is wrong: never transient, whatever the status.
+PERMANENT_CODES = frozenset({
+    "MANIFEST_INVALID", "MANIFEST_BLOB_UNKNOWN", "MANIFEST_UNVERIFIED", "MANIFEST_UNKNOWN",
+    "BLOB_UNKNOWN", "DIGEST_INVALID", "SIZE_INVALID", "NAME_INVALID", "NAME_UNKNOWN", "TAG_INVALID",
+    "UNSUPPORTED", "DENIED", "UNAUTHORIZED"})
+MAX_ERROR_ENTRIES = 5         # entries of an `errors` array shown in a message
+MAX_ERROR_FIELD = 200         # characters of one message or detail
+
+
+def parse_errors(body: bytes) -> tuple[dict, ...]:
+    """Every entry of a registry's `{"errors": [{"code", "message", "detail"}]}` answer, with
+    code and message as strings and detail as compact text; () when the body is not that."""
+    try:
+        entries = json.loads(body)["errors"]
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return ()
+    out = []
+    for e in entries if isinstance(entries, list) else ():
+        if not isinstance(e, dict):
+            continue
+        detail = e.get("detail")
+        if detail is not None and not isinstance(detail, str):
+            detail = json.dumps(detail, separators=(",", ":"), sort_keys=True)
+        out.append({"code": str(e.get("code") or ""), "message": str(e.get("message") or ""),
+                    "detail": detail or ""})
+    return tuple(out)
+
+
+def _cut(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_ERROR_FIELD else text[:MAX_ERROR_FIELD - 1] + "…"
+
+
+def describe_errors(errors: tuple[dict, ...]) -> str:
+    """`UNKNOWN: unknown error; MANIFEST_BLOB_UNKNOWN: blob unknown to registry (sha256:…)`:
+    every entry, each field cut to a sane length."""
+    parts = []
+    for e in errors[:MAX_ERROR_ENTRIES]:
+        text = e["code"] or "(no code)"
+        if e["message"]:
+            text += f": {_cut(e['message'])}"
+        if e["detail"]:
+            text += f" ({_cut(e['detail'])})"
+        parts.append(text)
+    if len(errors) > MAX_ERROR_ENTRIES:
+        parts.append(f"and {len(errors) - MAX_ERROR_ENTRIES} more")
+    return "; ".join(parts)
 
 
 def transport_for(session: aiohttp.ClientSession, host: str, cfg, default_concurrency: int,

@@ -8,8 +8,9 @@ import concurrent.futures
 from typing import Protocol
 from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 
-from .errors import RegistryError, TransientError
+from .errors import RegistryError
 from .oci import ACCEPT
+from .reference import join_ref
 from .transport import Transport
 
 READERS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="imgmirror-read")
@@ -76,7 +77,7 @@ class Uploader:
         async with self.t.limit:
             resp = await self.t.open("HEAD", f"/v2/{repo}/manifests/{ref}", scopes=_push(repo),
                                      headers={"Accept": ACCEPT}, ok=(200, 404),
-                                     what=f"manifest {self.host}/{repo}:{ref}")
+                                     what=f"manifest {join_ref(f'{self.host}/{repo}', ref)}")
             resp.release()
         return resp.headers.get("Docker-Content-Digest") if resp.status == 200 else None
 
@@ -89,6 +90,13 @@ class Uploader:
             resp.release()
         return None if resp.status == 201 else self._location(resp)
 
+    async def cancel(self, location: str, repo: str) -> None:
+        """Cancel an upload session (DELETE its Location); a registry that cannot is let be."""
+        async with self.t.limit:
+            resp = await self.t.open("DELETE", location, scopes=_push(repo), ok=(200, 202, 204, 404, 405),
+                                     what=f"cancel of an upload to {self.host}/{repo}")
+            resp.release()
+
     def _location(self, resp) -> str:
         loc = resp.headers.get("Location")
         if not loc:
@@ -99,29 +107,35 @@ class Uploader:
                      location: str | None = None, on_bytes=None) -> None:
         """Upload a blob: one PUT, or PATCH chunks when it is big or a proxy limits bodies."""
         size = source.size(digest)
-        attempts = self.t.settings.retries + 1
-        for attempt in range(attempts):
+        while True:
             limit = min(chunk_size, self.body_limit or chunk_size)
+
+            async def attempt(limit: int = limit) -> None:
+                # One upload session, start to end: a failed session is never reused, so a retry
+                # opens a new one (POST) and sends the blob again. Its requests are not retried
+                # one by one: the transport's policy retries the whole attempt.
+                nonlocal location
+                try:
+                    if location is None:
+                        async with self.t.limit:
+                            resp = await self.t.open("POST", f"/v2/{repo}/blobs/uploads/", scopes=_push(repo),
+                                                     ok=(202,), what=f"upload to {self.host}/{repo}",
+                                                     retry=False)
+                            resp.release()
+                        location = self._location(resp)
+                    if size <= limit:
+                        await self._put(repo, location, digest, source, 0, size, on_bytes)
+                    else:
+                        await self._chunked(repo, location, digest, source, size, limit, on_bytes)
+                except RegistryError:
+                    location = None
+                    raise
             try:
-                if location is None:
-                    async with self.t.limit:
-                        resp = await self.t.open("POST", f"/v2/{repo}/blobs/uploads/", scopes=_push(repo),
-                                                 ok=(202,), what=f"upload to {self.host}/{repo}")
-                        resp.release()
-                    location = self._location(resp)
-                if size <= limit:
-                    await self._put(repo, location, digest, source, 0, size, on_bytes)
-                else:
-                    await self._chunked(repo, location, digest, source, size, limit, on_bytes)
-                return
+                return await self.t.retrying(attempt)
             except RegistryError as exc:
-                location = None          # a failed session is not reused: start a new one
                 if exc.status == 413 and min(size, limit) > MIN_CHUNK:
                     # A proxy caps request bodies: from now on send chunks below what it refused.
                     self.body_limit = max(MIN_CHUNK, min(size, limit) // 2)
-                    continue
-                if isinstance(exc, TransientError) and attempt < attempts - 1:
-                    await asyncio.sleep(min(10.0, 0.2 * 2 ** attempt))
                     continue
                 raise
 
@@ -159,7 +173,7 @@ class Uploader:
         async with self.t.limit:
             resp = await self.t.open("PUT", f"/v2/{repo}/manifests/{ref}", scopes=_push(repo),
                                      headers={"Content-Type": media_type}, ok=(201,), body=lambda: raw,
-                                     what=f"manifest {self.host}/{repo}:{ref}")
+                                     what=f"manifest {join_ref(f'{self.host}/{repo}', ref)}")
             resp.release()
         return resp.headers.get("Docker-Content-Digest")
 

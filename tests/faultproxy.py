@@ -6,6 +6,7 @@ It runs in its own thread and event loop, so the code under test (which runs its
 for the n-th request (0-based) matching nothing in particular, what to do:
     None                      forward unchanged
     ("status", code, headers) answer with that status and an error body
+    ("status", code, headers, body)  the same with this JSON body
     ("cut", nbytes)           forward, but drop the connection after nbytes of body
     ("flip", offset)          forward, with the byte at `offset` of the body inverted
     ("redirect", url)         answer 307 to `url`
@@ -90,9 +91,11 @@ class FaultProxy:
         action = self.rule(seen, index) if self.rule else None
         seen.action = action
         if action and action[0] == "status":
-            _, code, headers = action
-            return web.json_response({"errors": [{"code": "INJECTED", "message": f"injected {code}"}]},
-                                     status=code, headers=headers)
+            code, headers = action[1], action[2]
+            body = action[3] if len(action) > 3 else {
+                "errors": [{"code": "INJECTED", "message": f"injected {code}"}]}
+            await request.read()
+            return web.json_response(body, status=code, headers=headers)
         if action and action[0] == "redirect":
             raise web.HTTPTemporaryRedirect(action[1])
         if action and action[0] == "cut_request":

@@ -469,12 +469,13 @@ def start_registry(
     token_expires_in: int = 300,
     startup_timeout: float = 10,
     tls: bool = False,
+    allow_urls: bool = False,
 ) -> RegistryProcess:
     """Start ``docker-registry serve`` with a generated config under ``tmpdir``.
 
     ``auth`` is None (anonymous), ``"basic"`` (htpasswd, user ``alice``) or ``"token"``
     (Bearer tokens from a :class:`TokenServer`, user ``bob``; ``token_field`` names the JSON
-    field the token is returned in).  Raises RuntimeError with the log tail if ``/v2/`` does
+    field the token is returned in). ``allow_urls`` sets ``validation.manifests.urls.allow``.  Raises RuntimeError with the log tail if ``/v2/`` does
     not answer within ``startup_timeout`` seconds.
     """
     if auth not in (None, "basic", "token"):
@@ -538,6 +539,8 @@ def start_registry(
             # A fixed secret silences the "No HTTP secret provided" warning.
             "http": {"addr": f"127.0.0.1:{port}", "secret": secrets.token_hex(16)},
         }
+        if allow_urls:   # accept manifests whose (foreign) layers carry urls, as Docker Hub's Windows images do
+            config["validation"] = {"manifests": {"urls": {"allow": ["^https?://"]}}}
         if auth_cfg:
             config["auth"] = auth_cfg
         if tls_cfg:

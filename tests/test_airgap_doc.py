@@ -343,7 +343,7 @@ def test_airgap_doc_weekly_cycle_runs_as_written(tmp_path, make_registry):
             for cmd in substitute_commands(block, hosts):
                 if cmd.startswith("imgmirror serve "):
                     bundle = cmd.split()[2]
-                    runner.serve(cmd, cwd, serve_port, lambda: check_serve(bundle, week))
+                    runner.serve(cmd, cwd, serve_port, lambda b=bundle, w=week: check_serve(b, w))
                     continue
                 out = runner.run(cmd, cwd)
                 if cmd.startswith("sha256sum -c "):

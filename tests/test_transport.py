@@ -41,8 +41,11 @@ class _State:
 
 
 def test_wait_policy_honours_retry_after_within_bounds():
-    assert _wait_policy(_State(TransientError("x", retry_after=3.0))) == 3.0
-    assert _wait_policy(_State(TransientError("x", retry_after=3600.0))) == MAX_RETRY_AFTER
+    # at least what the server asked, plus jitter of at most 10 % (and 50 ms)
+    waits = {_wait_policy(_State(TransientError("x", retry_after=3.0))) for _ in range(50)}
+    assert all(3.0 <= w <= 3.0 * 1.1 + 0.05 for w in waits) and len(waits) > 1
+    capped = _wait_policy(_State(TransientError("x", retry_after=3600.0)))
+    assert MAX_RETRY_AFTER <= capped <= MAX_RETRY_AFTER * 1.1 + 0.05
     assert 0 <= _wait_policy(_State(TransientError("x"), attempt=3)) <= 10
 
 
