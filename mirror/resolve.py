@@ -6,11 +6,13 @@ cache is never fetched again. Raw bytes are stored as received, keyed by their o
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from .errors import DigestMismatchError, UnsupportedManifestError
-from .oci import Descriptor, Manifest, parse_manifest, sha256_digest
-from .plan import blobs_of, describe_platforms, rewrite_index, select_children
+from .oci import INDEX_TYPES, Descriptor, Manifest, parse_manifest, sha256_digest
+from .plan import (MAX_DEPTH, blobs_of, child_spans, describe_platforms, keep_children, no_match,
+                   replace_members, rewrite_index)
 from .platform import Platform, from_oci
 from .reference import Reference
 from .registry import Registry
@@ -66,33 +68,82 @@ async def resolve(reg: Registry, store: Store, ref: Reference, platforms: tuple[
     target = ref.digest or await reg.head_manifest(repo, ref.tag) or ref.tag
     top = await load_manifest(reg, store, repo, target, where)
     out = Resolved(ref=ref, top=Descriptor(top.media_type, top.digest, len(top.raw)))
-    out.manifests[top.digest] = len(top.raw)
     if not top.is_index:
+        out.manifests[top.digest] = len(top.raw)
         _add_image(out, None, top)
         return out
-    kept = select_children(top, platforms, f"{where} ({ref})")
-    if len(kept) != len(top.children) and not keep_index_digest:
-        raw = rewrite_index(top, kept)
-        new_digest = sha256_digest(raw)
-        store.put(new_digest, raw)
-        del out.manifests[top.digest]
-        out.top = Descriptor(top.media_type, new_digest, len(raw))
-        out.manifests[new_digest] = len(raw)
+    walk = _IndexWalk(reg, store, repo, platforms, keep_index_digest, f"{where} ({ref})", out)
+    kept = await walk.index(top, 0)
+    if kept is None:
+        raise no_match(platforms, walk.leaves, walk.where)
+    if kept.digest != top.digest:
+        out.top = Descriptor(top.media_type, kept.digest, len(kept.raw))
         out.source_digest = top.digest
-    for child in kept:
-        m = await load_manifest(reg, store, repo, child.digest, f"{where} ({ref} child)")
-        if m.is_index:
-            raise UnsupportedManifestError(f"{where} ({ref}): nested index {child.digest} is not supported")
-        if m.digest != child.digest or len(m.raw) != child.size:
-            raise DigestMismatchError(f"{where} ({ref}): child manifest {child.digest} does not "
-                                      "match its descriptor")
-        out.manifests[m.digest] = len(m.raw)
-        _add_image(out, None if child.is_attestation else from_oci(child.platform), m,
-                   attestation=child.is_attestation)
     out.platforms = sorted({str(p) for p, _ in out.images if p})
     if not out.platforms:
-        out.platforms = [describe_platforms(kept)]
+        out.platforms = [describe_platforms(walk.leaves)]
     return out
+
+
+class _IndexWalk:
+    """An index and the indexes nested in it, resolved top-down: the platform filter applies to
+    the image manifests at the leaves; an index that loses children is rewritten (its kept
+    descriptors' bytes as received, its own digest recorded), and so is every index above it."""
+
+    def __init__(self, reg, store, repo, platforms, keep_index_digest, where, out: Resolved):
+        self.reg, self.store, self.repo, self.where, self.out = reg, store, repo, where, out
+        self.platforms, self.keep = platforms, keep_index_digest
+        self.leaves: list[Descriptor] = []      # every image child seen, for a no-match message
+
+    async def child(self, desc: Descriptor) -> Manifest:
+        m = await load_manifest(self.reg, self.store, self.repo, desc.digest, f"{self.where} child")
+        if m.digest != desc.digest or len(m.raw) != desc.size:
+            raise DigestMismatchError(f"{self.where}: child manifest {desc.digest} does not match its descriptor")
+        return m
+
+    async def index(self, index: Manifest, depth: int) -> Manifest | None:
+        """The index to bundle in place of `index` (itself, or rewritten); None if nothing under
+        it has a wanted platform."""
+        if depth >= MAX_DEPTH:
+            raise UnsupportedManifestError(f"{self.where}: indexes nested more than {MAX_DEPTH} deep")
+        nested = [c for c in index.children if c.media_type in INDEX_TYPES]
+        images = [c for c in index.children if c.media_type not in INDEX_TYPES]
+        self.leaves += images
+        loaded = await asyncio.gather(*(self.child(c) for c in nested))
+        replaced: dict[str, bytes] = {}
+        kept_nested = set()
+        for desc, m in zip(nested, loaded, strict=True):
+            if not m.is_index:      # a descriptor that said index over an image: take it as an image
+                images.append(desc)
+                continue
+            sub = await self.index(m, depth + 1)
+            if sub is None:
+                continue
+            kept_nested.add(desc.digest)
+            if sub.digest != m.digest:
+                start, end = child_spans(index.raw)[desc.digest]
+                replaced[desc.digest] = replace_members(index.raw[start:end],
+                                                        {"digest": sub.digest, "size": len(sub.raw)})
+        kept_images = {c.digest for c in keep_children(images, self.platforms)}
+        kept = [c for c in index.children if c.digest in kept_images or c.digest in kept_nested]
+        if not kept and index.children:
+            return None
+        children = [c for c in kept if c.digest in kept_images]
+        for desc, m in zip(children, await asyncio.gather(*(self.child(c) for c in children)), strict=True):
+            if m.is_index:
+                raise UnsupportedManifestError(f"{self.where}: child {desc.digest} is an index, its "
+                                               f"descriptor says {desc.media_type}")
+            self.out.manifests[m.digest] = len(m.raw)
+            _add_image(self.out, None if desc.is_attestation else from_oci(desc.platform), m,
+                       attestation=desc.is_attestation)
+        if (len(kept) == len(index.children) and not replaced) or self.keep:
+            self.out.manifests[index.digest] = len(index.raw)
+            return index
+        raw = rewrite_index(index, kept, replaced)
+        rewritten = parse_manifest(raw, index.media_type, self.where)
+        self.store.put(rewritten.digest, raw)
+        self.out.manifests[rewritten.digest] = len(raw)
+        return rewritten
 
 
 def _add_image(out: Resolved, platform: Platform | None, m: Manifest, attestation: bool = False) -> None:
