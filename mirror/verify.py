@@ -55,7 +55,8 @@ class VerifyResult:
     warnings: list[str] = field(default_factory=list)
     parts: list[str] = field(default_factory=list)     # a split bundle's parts, in order
     expected: dict[str, int] = field(default_factory=dict)   # a differential bundle's, from its base
-    base_carried: set[str] | None = None   # verify --base: what the bases given carry
+    base_carried: set[str] | None = None   # verify --base: what the bases given hold
+    base_promised: set[str] = field(default_factory=set)   # …and only expect from theirs
 
     @property
     def ok(self) -> bool:
@@ -328,7 +329,10 @@ def verify_bundle(path, stream=None, bases=()) -> VerifyResult:
     res, p = VerifyResult(str(path)), Path(path)
     if bases:
         from .diff import load_base
-        res.base_carried = set().union(*(load_base(str(b)).carried for b in bases))
+        loaded = [load_base(str(b)) for b in bases]
+        # what the bases hold themselves; a blob a base only expects from its own base is not there
+        res.base_carried = set().union(*(b.held if b.held is not None else b.carried for b in loaded))
+        res.base_promised = set().union(*(b.carried for b in loaded)) - res.base_carried
     inv = _Inventory(res)
     with contextlib.ExitStack() as stack:
         split = find_split(p) if stream is None else None
@@ -414,9 +418,15 @@ def _check_differential(inv, res: VerifyResult) -> None:
         return
     if res.base_carried is not None:
         absent = sorted(set(res.expected) - res.base_carried)
-        if absent:
-            res.problems.append(f"{len(absent)} blobs this differential bundle expects are in none of "
-                                f"the bases given: {', '.join(absent)}")
+        promised = [d for d in absent if d in res.base_promised]
+        missing = [d for d in absent if d not in res.base_promised]
+        if missing:
+            res.problems.append(f"{len(missing)} blobs this differential bundle expects are in none of "
+                                f"the bases given: {', '.join(missing)}")
+        if promised:
+            res.problems.append(f"{len(promised)} blobs this differential bundle expects are not in the "
+                                "bases given, which themselves expect them from their own bases: "
+                                f"{', '.join(promised)}; give those too (--base OLDER, repeated for a chain)")
 
 
 def _check_present(inv, res: VerifyResult, label: str, parent, d: Descriptor, sparse: dict) -> None:

@@ -109,6 +109,12 @@ def test_a_chain_of_two_and_since_a_report(week, make_registry, capsys):
     assert L4.digest in diff2.blobs and not ({L1.digest, L2.digest, L3.digest} & set(diff2.blobs))
     assert run_cli("verify", d / "diff2.tar", "--base", d / "full.tar", "--base", d / "diff1.tar",
                    capsys=capsys)[0] == 0
+    # diff1 alone only promises what it expects from full.tar (L2): verify says so and exits 1
+    code, out, _ = run_cli("verify", d / "diff2.tar", "--base", d / "diff1.tar", capsys=capsys)
+    assert code == 1
+    line = next(x for x in (out + _).splitlines() if "which themselves expect them from their own bases" in x)
+    assert L1.digest in line and L2.digest in line and L3.digest not in line
+    assert "--base OLDER" in out + _
     target = make_registry()
     code, _, err = run_cli("push", d / "full.tar", d / "diff1.tar", d / "diff2.tar", "--to", target.host,
                            capsys=capsys)
