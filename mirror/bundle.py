@@ -155,9 +155,10 @@ class TarWriter:
             self._write(_info("blobs", directory=True) + _info("blobs/sha256", directory=True))
         except OSError as exc:
             self.abort()
-            raise self._error(exc) from None
+            raise self.error(exc) from None
 
-    def _error(self, exc: OSError) -> BundleError:
+    def error(self, exc: OSError) -> BundleError:
+        """An OSError while writing, as a message naming the bundle and what to check."""
         return BundleError(f"{self.target}: cannot write the bundle ({exc.strerror or exc}); "
                            "check free space and permissions (the cache is intact)")
 
@@ -173,27 +174,36 @@ class TarWriter:
 
     def add_blob(self, store: Store, digest: str, verify: bool) -> None:
         """Append one blob from the store (in `blob_order`); `verify` hashes it again on the way."""
-        check = hashlib.sha256() if verify else None
         try:
             with open(store.blob_path(digest), "rb", buffering=0) as src:
-                size = os.fstat(src.fileno()).st_size
-                self._write(_info(f"blobs/sha256/{digest_hex(digest)}", size))
-                copied = 0
-                # One buffer for every read: no allocation (and no page faults) per chunk.
-                # (Hashing straight from an mmap measured slower: the page faults cost more.)
-                while n := src.readinto(self._buf):
-                    chunk = self._view[:n]
-                    self._write(chunk)
-                    copied += n
-                    if check:
-                        check.update(chunk)
-                self._write(bytes(-copied % BLOCK))
+                got = self.add_stream(src, digest, os.fstat(src.fileno()).st_size, verify)
         except OSError as exc:
-            raise self._error(exc) from None
-        if check and "sha256:" + check.hexdigest() != digest:
+            raise self.error(exc) from None
+        if verify and got != digest:
             store.evict(digest)
             raise DigestMismatchError(f"cache entry {digest} was corrupt and has been removed; "
                                       "run sync again to fetch it afresh")
+
+    def add_stream(self, src, digest: str, size: int, verify: bool = True) -> str | None:
+        """Append blob `digest` of `size` bytes read from `src` (a binary file with readinto);
+        returns the digest of what was copied when `verify`, for the caller to compare. A source
+        that ends early is a BundleError (the tar would be corrupt); OSError is the caller's."""
+        check = hashlib.sha256() if verify else None
+        self._write(_info(f"blobs/sha256/{digest_hex(digest)}", size))
+        copied = 0
+        # One buffer for every read: no allocation (and no page faults) per chunk.
+        # (Hashing straight from an mmap measured slower: the page faults cost more.)
+        while copied < size and (n := src.readinto(self._view[:min(len(self._buf), size - copied)])):
+            chunk = self._view[:n]
+            self._write(chunk)
+            copied += n
+            if check:
+                check.update(chunk)
+        if copied != size:
+            raise BundleError(f"blob {digest} ends after {copied} of {size} bytes while it was being "
+                              "written into the bundle")
+        self._write(bytes(-copied % BLOCK))
+        return "sha256:" + check.hexdigest() if check else None
 
     def add_following(self, blob: BlobWriter) -> bool:
         """Append a blob while it downloads, reading its temp file as it grows.
@@ -245,7 +255,7 @@ class TarWriter:
                 self._write(bytes(-pos % BLOCK))
                 return True
         except OSError as exc:
-            raise self._error(exc) from None
+            raise self.error(exc) from None
 
     def _mark(self):
         """The hash states at the current offset, for `_rollback`."""
@@ -275,7 +285,7 @@ class TarWriter:
             self.parts = parts
         except OSError as exc:
             self.abort()
-            raise self._error(exc) from None
+            raise self.error(exc) from None
         return self.size, "sha256:" + self._hash.hexdigest()
 
     def _settle(self) -> None:

@@ -19,18 +19,17 @@ differential bundle can be extracted whole with its base given first.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
 from pathlib import Path
 
-from .bundle import BLOCK, BundleContent, BundleImage, LoadEntry, TarWriter, _info, _json, blob_order
+from .bundle import BundleContent, BundleImage, LoadEntry, TarWriter, _json, blob_order
 from .bundle_read import IMAGE_CONFIG_TYPES, MAX_READ, iter_tree, open_bundle, open_bundles
 from .diff import read_expected
 from .errors import BundleError, DigestMismatchError, MirrorError, UsageError
 from .oci import (ANN_REF_NAME, ANN_SOURCE_DIGEST, IMAGE_TYPES, INDEX_TYPES, MANIFEST_TYPES, OCI_INDEX,
-                  Descriptor, digest_hex, image_platform, parse_manifest)
+                  Descriptor, image_platform, parse_manifest)
 from .platform import Platform, from_oci, matches, parse_platform
 from .progress import human
 from .reference import parse_reference
@@ -50,31 +49,20 @@ class _OneImage(BundleContent):
         return _json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [self.entry]})
 
 
-class _ArchiveWriter(TarWriter):
-    """TarWriter fed from a bundle reader instead of the cache."""
-
-    def add_from(self, source, digest: str, size: int) -> None:
-        """Append one blob read from `source`, hashed on the way; DigestMismatchError (and the
-        caller aborts the archive) if its bytes are not what its name says."""
-        check, copied = hashlib.sha256(), 0
-        try:
-            with source.open_blob(digest) as src:
-                self._write(_info(f"blobs/sha256/{digest_hex(digest)}", size))
-                while copied < size and (n := src.readinto(self._view[:min(len(self._buf), size - copied)])):
-                    chunk = self._view[:n]
-                    self._write(chunk)
-                    check.update(chunk)
-                    copied += n
-                self._write(bytes(-copied % BLOCK))
-        except OSError as exc:
-            raise self._error(exc) from None
-        where = getattr(source, "path", "the bundle")
-        if copied != size:
-            raise BundleError(f"{where}: blob {digest} ends after {copied} of {size} bytes (truncated "
-                              f"bundle?); run `imgmirror verify {where}`")
-        if (got := "sha256:" + check.hexdigest()) != digest:
-            raise DigestMismatchError(f"{where}: blob {digest} is damaged (its bytes hash to {got}); "
-                                      f"nothing was written; run `imgmirror verify {where}` for details")
+def _add_from(writer: TarWriter, source, digest: str, size: int) -> None:
+    """Append one blob read from `source`, hashed on the way; DigestMismatchError (and the caller
+    aborts the archive) if its bytes are not what its name says."""
+    where = getattr(source, "path", "the bundle")
+    try:
+        with source.open_blob(digest) as src:
+            got = writer.add_stream(src, digest, size)
+    except OSError as exc:
+        raise writer.error(exc) from None
+    except BundleError as exc:
+        raise BundleError(f"{where}: {exc} (truncated bundle?); run `imgmirror verify {where}`") from None
+    if got != digest:
+        raise DigestMismatchError(f"{where}: blob {digest} is damaged (its bytes hash to {got}); "
+                                  f"nothing was written; run `imgmirror verify {where}` for details")
 
 
 def find_image(images: list[tuple[str | None, Descriptor]], wanted: str) -> tuple[str, Descriptor]:
@@ -250,10 +238,10 @@ def extract(bundles: list, ref: str, output, load_platform: str | None = None) -
                              "is empty, so classic `docker load` cannot read the archive (podman load, "
                              "ctr import and skopeo can)")
         content = _OneImage(entry, BundleImage(ref_name=name, descriptor=root, load=load, tag=tag), blobs)
-        writer = _ArchiveWriter(target)
+        writer = TarWriter(target)
         try:
             for digest in blob_order(blobs):
-                writer.add_from(reader, digest, blobs[digest])
+                _add_from(writer, reader, digest, blobs[digest])
             size, sha = writer.finish(content)
         finally:
             writer.abort()       # after finish() there is nothing left to drop

@@ -56,7 +56,7 @@ BASIC_USER = "alice"
 TOKEN_USER = "bob"
 BASIC_REALM = "imgmirror-test-basic"
 
-INSTALL_HINT = "install them with: apt-get install docker-registry skopeo"
+INSTALL_HINT = "install them with: apt-get install docker-registry skopeo podman (or run make test)"
 
 
 def registry_binary() -> str | None:
