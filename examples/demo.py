@@ -87,8 +87,10 @@ def main() -> int:
         finally:
             served.terminate()
             served.wait(10)
-        print(f"demo: or load the bundle with `docker load -i {bundle}`, or "
-              f"`skopeo copy oci-archive:{bundle}:{ref} docker://REGISTRY/...`")
+        print(f"demo: or copy an image out digest for digest with `skopeo copy --preserve-digests "
+              f"oci-archive:{bundle}:{ref} docker://REGISTRY/...`, or for podman `imgmirror extract "
+              f"{bundle} {ref} -o one.tar` then `podman load -i one.tar` (`docker load -i` also reads "
+              "the bundle, but keeps no registry digest)")
         return 0
     finally:
         reg.stop()
