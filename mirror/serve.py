@@ -20,22 +20,18 @@ look digests and names up in the catalog, so no path from a request reaches the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
-import ipaddress
 import json
 import re
-import signal
-import sys
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from aiohttp import web
 
-from .bundle_read import BundleReader, open_bundle
+from .bundle.reader import BundleReader, open_bundle
 from .errors import MirrorError, ReferenceError_, UsageError
-from .oci import IMAGE_TYPES, MANIFEST_TYPES, OCI_INDEX
-from .reference import parse_reference
+from .core.oci import IMAGE_TYPES, MANIFEST_TYPES, OCI_INDEX
+from .core.reference import parse_reference
 
 CHUNK = 1 << 20                          # bytes per pread in a worker thread
 DEFAULT_LISTEN = "127.0.0.1:5000"
@@ -314,65 +310,3 @@ async def start_server(paths=(), host: str = "127.0.0.1", port: int = 0, catalog
         await runner.cleanup()
         raise MirrorError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
     return runner, runner.addresses[0][1]
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """`HOST:PORT`, `[IPV6]:PORT` or `PORT` (on 127.0.0.1) -> (host, port)."""
-    m = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([^:\[\]\s]+):(\d+)|(\d+)", text.strip())
-    if not m:
-        raise UsageError(f"--listen {text!r}: write HOST:PORT, e.g. 127.0.0.1:5000 (0.0.0.0:5000 "
-                         "for every interface)")
-    host = m.group(1) or m.group(3) or "127.0.0.1"
-    port = int(m.group(2) or m.group(4) or m.group(5))
-    if port > 65535:
-        raise UsageError(f"--listen {text!r}: port {port} is over 65535")
-    return host, port
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def add_parser(subparsers) -> None:
-    """Add `serve` to the CLI's subparsers; it sets `handler`."""
-    s = subparsers.add_parser("serve", help="serve bundles as a read-only registry")
-    s.add_argument("bundle", nargs="+", help="bundle tars or layout directories")
-    s.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
-                   help=f"address to listen on (default {DEFAULT_LISTEN}, loopback; a non-loopback "
-                   "host is served with a warning)")
-    s.set_defaults(handler=cmd_serve)
-
-
-def cmd_serve(args) -> int:
-    """`imgmirror serve`: runs until Ctrl-C or SIGTERM, then exits 0."""
-    host, port = parse_listen(args.listen)
-    if not is_loopback(host):
-        print(f"imgmirror: warning: listening on {host}, not loopback: anyone who can reach it can "
-              "pull every image of the bundles (no authentication, no TLS)", file=sys.stderr)
-    catalog = load_catalog(args.bundle)
-    for w in catalog.warnings:
-        print(f"imgmirror: warning: {w}", file=sys.stderr)
-    try:
-        asyncio.run(_serve_forever(catalog, host, port))
-    except KeyboardInterrupt:
-        pass
-    print("imgmirror: serve stopped", file=sys.stderr)
-    return 0
-
-
-async def _serve_forever(catalog: Catalog, host: str, port: int) -> None:
-    runner, actual = await start_server(host=host, port=port, catalog=catalog)
-    try:
-        shown = f"[{host}]" if ":" in host else host
-        print(f"serving {catalog.images} images on http://{shown}:{actual}", flush=True)
-        stop = asyncio.Event()
-        with contextlib.suppress(NotImplementedError):
-            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        await stop.wait()
-    finally:
-        await runner.cleanup()

@@ -14,10 +14,10 @@ import pytest
 
 from helpers import Bundle, run_cli, write_manifest
 from imagegen import make_image, make_layer, push
-from mirror.credentials import lookup
+from mirror.registry.credentials import lookup
 from mirror.errors import AuthError
-from mirror.registry import Registry
-from mirror.transport import HostSettings, Transport, parse_challenge
+from mirror.registry.client import Registry
+from mirror.registry.transport import HostSettings, Transport, parse_challenge
 
 
 @pytest.fixture(autouse=True)
@@ -157,7 +157,7 @@ async def test_expired_token_is_refreshed_once(registry_token, tmp_path):
     digest = _one_image(registry_token)
     ts = registry_token.token_server
     settings = HostSettings(host=registry_token.host, api_host=registry_token.host, retries=0)
-    from mirror.credentials import Credentials
+    from mirror.registry.credentials import Credentials
     async with aiohttp.ClientSession() as session:
         reg = Registry(Transport(session, settings, Credentials(registry_token.username, registry_token.password)))
         assert await reg.head_manifest("test/private", "1.0") == digest
@@ -173,7 +173,7 @@ async def test_expired_token_is_refreshed_once(registry_token, tmp_path):
 
 async def test_token_server_refusal_is_auth_error(registry_token, tmp_path):
     _one_image(registry_token)
-    from mirror.credentials import Credentials
+    from mirror.registry.credentials import Credentials
     settings = HostSettings(host=registry_token.host, api_host=registry_token.host, retries=0)
     async with aiohttp.ClientSession() as session:
         reg = Registry(Transport(session, settings, Credentials("bob", "wrong-secret-xyz")))

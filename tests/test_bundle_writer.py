@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from mirror.bundle import BundleContent, TarWriter, blob_order, write_tar
+from mirror.bundle.writer import BundleContent, TarWriter, blob_order, write_tar
 from mirror.errors import DigestMismatchError
-from mirror.store import Store
+from mirror.cache import Store
 
 
 def _digest(data: bytes) -> str:

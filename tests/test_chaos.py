@@ -23,7 +23,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-import mirror.transport
+import mirror.registry.transport
 from faultproxy import FaultProxy
 from helpers import Bundle, run_cli, sha256, write_manifest
 from imagegen import ACCEPT_ALL, inspect_raw, make_image, make_layer, push
@@ -81,12 +81,12 @@ def source(tmp_path_factory):
 def short_read_timeout(monkeypatch):
     """imgmirror's read timeout is hard-wired (sock_read=60 s, mirror/transport.py); patch the
     default in this process so a stall can outlast it within a test's time."""
-    orig = mirror.transport.Transport.__init__
+    orig = mirror.registry.transport.Transport.__init__
 
     def init(self, session, settings, credentials, timeout=None):
         orig(self, session, settings, credentials,
              timeout or aiohttp.ClientTimeout(total=None, connect=5, sock_read=TEST_READ_TIMEOUT))
-    monkeypatch.setattr(mirror.transport.Transport, "__init__", init)
+    monkeypatch.setattr(mirror.registry.transport.Transport, "__init__", init)
 
 
 def _note(line: str) -> None:

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from helpers import Bundle, run_cli, sha256, skopeo, write_manifest
-from mirror.extract import find_image
+from mirror.bundle.extract import find_image
 from mirror.errors import UsageError
-from mirror.oci import Descriptor
+from mirror.core.oci import Descriptor
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 

@@ -17,12 +17,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mirror.errors import MirrorError
-from mirror.oci import (DOCKER_LIST, DOCKER_MANIFEST, DOCKER_SCHEMA1, OCI_INDEX, OCI_MANIFEST, Descriptor,
+from mirror.core.oci import (DOCKER_LIST, DOCKER_MANIFEST, DOCKER_SCHEMA1, OCI_INDEX, OCI_MANIFEST, Descriptor,
                         Manifest, parse_manifest)
-from mirror.platform import Platform, parse_platform
-from mirror.reference import Reference, parse_reference
-from mirror.selection import VersionRange, parse_range
-from mirror.spec import MirrorSpec, parse_spec
+from mirror.core.platform import Platform, parse_platform
+from mirror.core.reference import Reference, parse_reference
+from mirror.core.selection import VersionRange, parse_range
+from mirror.specfile import MirrorSpec, parse_spec
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])

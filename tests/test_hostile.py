@@ -29,7 +29,7 @@ from aiohttp import web
 
 import imagegen
 from helpers import run_cli, write_manifest
-from mirror import registry as registry_module
+from mirror.registry import client as registry_module
 from mirror.errors import MirrorError
 from mirror.serve import load_catalog
 

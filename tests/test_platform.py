@@ -3,7 +3,7 @@
 import pytest
 
 from mirror.errors import PlatformError
-from mirror.platform import Platform, from_oci, matches, parse_platform
+from mirror.core.platform import Platform, from_oci, matches, parse_platform
 
 
 @pytest.mark.parametrize("text, expected", [

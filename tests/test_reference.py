@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mirror.errors import MirrorError, ReferenceError_
-from mirror.reference import DOCKER_HUB, Reference, is_loopback, parse_reference
+from mirror.core.reference import DOCKER_HUB, Reference, is_loopback, parse_reference
 
 SHA = "sha256:" + "f" * 64
 SHA_B = "sha256:dbcc1c35ac38df41fd2f5e4130b32ffdb93ebae8b3dbe638c23575912276fc9c"
@@ -223,7 +223,7 @@ def test_is_loopback(host, expected):
 
 
 def test_pure_core_does_not_import_aiohttp():
-    code = ("import sys; import mirror.reference, mirror.platform, mirror.selection; "
+    code = ("import sys; import mirror.core.reference, mirror.core.platform, mirror.core.selection; "
             "print('aiohttp' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).parents[1])

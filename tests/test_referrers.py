@@ -15,14 +15,14 @@ from aiohttp import web
 
 import imagegen as g
 from mirror.errors import AuthError, PlatformError, TransientError
-from mirror.oci import OCI_INDEX, OCI_MANIFEST, parse_manifest
-from mirror.platform import parse_platform
-from mirror.reference import parse_reference
-from mirror.referrers import cosign_tags, discover, fallback_tag, referrers_api
-from mirror.registry import Registry
-from mirror.resolve import resolve
-from mirror.store import Store
-from mirror.transport import HostSettings, Transport
+from mirror.core.oci import OCI_INDEX, OCI_MANIFEST, parse_manifest
+from mirror.core.platform import parse_platform
+from mirror.core.reference import parse_reference
+from mirror.engine.referrers import cosign_tags, discover, fallback_tag, referrers_api
+from mirror.registry.client import Registry
+from mirror.engine.resolve import resolve
+from mirror.cache import Store
+from mirror.registry.transport import HostSettings, Transport
 
 REPO = "test/signed"
 

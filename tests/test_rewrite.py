@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from mirror.oci import ANN_SOURCE_DIGEST, OCI_INDEX, parse_manifest, sha256_digest
-from mirror.plan import child_spans, object_members, replace_members, rewrite_index
+from mirror.core.oci import ANN_SOURCE_DIGEST, OCI_INDEX, parse_manifest, sha256_digest
+from mirror.core.plan import child_spans, object_members, replace_members, rewrite_index
 
 D = ["sha256:" + c * 64 for c in "abcdef"]
 

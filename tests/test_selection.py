@@ -2,7 +2,7 @@
 
 import pytest
 
-from mirror.selection import (TagFilter, Version, VersionRange, check_filter, parse_range,
+from mirror.core.selection import (TagFilter, Version, VersionRange, check_filter, parse_range,
                               parse_version, select_tags)
 
 

@@ -18,8 +18,9 @@ import pytest
 from helpers import run_cli, sha256, skopeo, write_manifest
 from imagegen import TAGS, inspect_raw
 from mirror.errors import UsageError
-from mirror.oci import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST
-from mirror.serve import load_catalog, parse_listen, parse_range, start_server
+from mirror.core.oci import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST
+from mirror.cli.serve import parse_listen
+from mirror.serve import load_catalog, parse_range, start_server
 
 KINDS = ["test/base:1.0", "test/app-a:1.0", "test/app-b:1.0", "test/multi:1.0", "test/dockerv2:1.0",
          "test/dockerlist:1.0", "test/raw:1.0"]
@@ -280,7 +281,7 @@ def test_parse_listen(text, expected):
 
 def test_cmd_serve_runs_until_interrupted(tmp_path):
     _layout(tmp_path / "l")
-    script = ("import argparse, sys; from mirror.serve import add_parser; p = argparse.ArgumentParser(); "
+    script = ("import argparse, sys; from mirror.cli.serve import add_parser; p = argparse.ArgumentParser(); "
               "add_parser(p.add_subparsers()); a = p.parse_args(sys.argv[1:]); sys.exit(a.handler(a))")
     proc = subprocess.Popen([sys.executable, "-c", script, "serve", str(tmp_path / "l"), "--listen", "127.0.0.1:0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -17,10 +17,10 @@ import yaml
 
 from mirror.cli import main
 from mirror.errors import SpecError
-from mirror.platform import Platform
-from mirror.reference import Reference
-from mirror.selection import TagFilter
-from mirror.spec import (ALL_PLATFORMS, DEFAULT_CONCURRENCY, DEFAULT_OUTPUT, ImageSpec, MirrorSpec,
+from mirror.core.platform import Platform
+from mirror.core.reference import Reference
+from mirror.core.selection import TagFilter
+from mirror.specfile import (ALL_PLATFORMS, DEFAULT_CONCURRENCY, DEFAULT_OUTPUT, ImageSpec, MirrorSpec,
                          RegistryConfig, load_spec, parse_spec)
 
 D1 = "sha256:" + "a" * 64

@@ -21,11 +21,11 @@ import pytest
 
 from helpers import run_cli, sha256, write_manifest
 from imagegen import inspect_raw
-from mirror.bundle import BundleContent, TarWriter, write_tar
-from mirror.bundle_read import open_bundle
+from mirror.bundle.writer import BundleContent, TarWriter, write_tar
+from mirror.bundle.reader import open_bundle
 from mirror.errors import BundleError, DigestMismatchError
-from mirror.store import Store
-from mirror.verify import list_bundle, verify_bundle
+from mirror.cache import Store
+from mirror.bundle.verify import list_bundle, verify_bundle
 
 BLOB = bytes(range(256)) * 4099          # ~1 MiB, not a multiple of 512
 OTHER = b"other blob" * 1000

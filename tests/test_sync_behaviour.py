@@ -21,9 +21,9 @@ from faultproxy import FaultProxy
 from helpers import Bundle, run_cli, write_manifest
 from imagegen import make_image, make_layer, push
 from mirror.progress import BarProgress, make_progress
-from mirror.registry import Registry
-from mirror.store import Store
-from mirror.transport import HostSettings, Transport
+from mirror.registry.client import Registry
+from mirror.cache import Store
+from mirror.registry.transport import HostSettings, Transport
 
 ROOT = Path(__file__).resolve().parent.parent
 

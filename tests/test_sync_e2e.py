@@ -9,7 +9,7 @@ import pytest
 from helpers import Bundle, run_cli, sha256, skopeo, write_manifest
 from imagegen import seed
 from registries import missing_tools, start_registry
-from mirror.store import Store
+from mirror.cache import Store
 
 OCI_TYPES = ("application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.index.v1+json")
 

@@ -7,7 +7,7 @@ import email.utils
 import pytest
 
 from mirror.errors import TransientError
-from mirror.transport import MAX_RETRY_AFTER, _wait_policy, parse_retry_after, redact_url
+from mirror.registry.transport import MAX_RETRY_AFTER, _wait_policy, parse_retry_after, redact_url
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -50,7 +50,7 @@ def test_wait_policy_honours_retry_after_within_bounds():
 
 
 def test_proxy_from_environment(monkeypatch):
-    from mirror.transport import proxy_for
+    from mirror.registry.transport import proxy_for
     for var in ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"):
         monkeypatch.delenv(var, raising=False)
     assert proxy_for("https://ghcr.io/v2/") is None

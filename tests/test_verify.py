@@ -23,11 +23,11 @@ import pytest
 
 import imagegen
 from helpers import Bundle, run_cli, sha256, write_manifest
-from mirror import bundle_read
-from mirror.bundle_read import BundleReader, NotABundleError, iter_tree, open_bundle
+from mirror.bundle import reader as bundle_read
+from mirror.bundle.reader import BundleReader, NotABundleError, iter_tree, open_bundle
 from mirror.errors import BundleError, DigestMismatchError
-from mirror.oci import Descriptor
-from mirror.verify import list_bundle, verify_bundle
+from mirror.core.oci import Descriptor
+from mirror.bundle.verify import list_bundle, verify_bundle
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -90,7 +90,7 @@ def test_verify_from_stdin(made, capsys, monkeypatch):
 
 def test_verify_from_a_pipe(made):
     """A tar that is still arriving (`cat b.tar | imgmirror verify -`): one pass, no seeking."""
-    code = ("import sys; from mirror.verify import verify_bundle; "
+    code = ("import sys; from mirror.bundle.verify import verify_bundle; "
             "r = verify_bundle('<stdin>', stream=sys.stdin.buffer); print(r.ok, r.sha256, r.problems)")
     out = subprocess.run([sys.executable, "-c", code], input=made["tar"].read_bytes(),
                          capture_output=True, timeout=60, check=True).stdout.decode()

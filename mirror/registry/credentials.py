@@ -19,7 +19,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import AuthError
+from ..errors import AuthError
 
 # The key Docker uses for Docker Hub in config.json.
 DOCKER_HUB_KEYS = ("https://index.docker.io/v1/", "index.docker.io", "docker.io",

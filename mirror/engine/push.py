@@ -12,12 +12,13 @@ import asyncio
 import time
 from dataclasses import asdict, dataclass, field
 
-from .errors import MirrorError, RegistryError, UsageError
-from .oci import Descriptor, Manifest, parse_manifest
-from .progress import Progress, human
-from .diff import Holder
-from .reference import ReferenceError_, parse_reference
-from .upload import BlobSource, Uploader
+from ..errors import MirrorError, RegistryError, UsageError
+from ..core.oci import Descriptor, Manifest, parse_manifest
+from ..core.units import human
+from ..progress import Progress
+from ..core.diff import Holder
+from ..core.reference import ReferenceError_, parse_reference
+from ..registry.upload import BlobSource, Uploader
 
 DEFAULT_CHUNK = 64 << 20
 
@@ -387,7 +388,7 @@ async def push_images(source: BlobSource, images: list[PushImage], dest: Destina
     `holders`: where a differential bundle's base carried the blobs it lacks (diff.expected_holders)."""
     import aiohttp
 
-    from .transport import transport_for
+    from ..registry.transport import transport_for
     own = session is None
     if own:
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), auto_decompress=False,

@@ -26,8 +26,8 @@ from tenacity import (AsyncRetrying, retry_if_exception_type, stop_after_attempt
                       wait_random_exponential)
 
 from .credentials import Credentials
-from .errors import AuthError, NotFoundError, RegistryError, TransientError
-from .reference import is_loopback
+from ..errors import AuthError, NotFoundError, RegistryError, TransientError
+from ..core.reference import is_loopback
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 MAX_RETRY_AFTER = 60.0        # never sleep longer than this on one Retry-After
@@ -375,7 +375,7 @@ def transport_for(session: aiohttp.ClientSession, host: str, cfg, default_concur
                   insecure: bool = False) -> Transport:
     """A Transport for `host` (as written in references) with its RegistryConfig and credentials."""
     from .credentials import lookup
-    from .reference import DOCKER_HUB, DOCKER_HUB_API
+    from ..core.reference import DOCKER_HUB, DOCKER_HUB_API
     settings = HostSettings(host=host, api_host=DOCKER_HUB_API if host == DOCKER_HUB else host,
                             insecure=cfg.insecure or insecure,
                             ca_file=os.path.expanduser(cfg.ca_file) if cfg.ca_file else None,

@@ -9,15 +9,16 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from .errors import PlatformError, ReferenceError_, SpecError
-from .platform import Platform, parse_platform
-from .reference import Reference, parse_reference
-from .selection import TagFilter, check_filter
+from .core.platform import Platform, parse_platform
+from .core.reference import Reference, parse_reference
+from .core.selection import TagFilter, check_filter
+from .core.spec import (ALL_PLATFORMS, DEFAULT_CONCURRENCY, DEFAULT_OUTPUT, DEFAULT_RETRIES,  # noqa: F401
+                        ImageSpec, MirrorSpec, RegistryConfig)
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _TOP_KEYS = {"version", "output", "cache", "concurrency", "platforms", "keep_index_digest",
@@ -25,62 +26,7 @@ _TOP_KEYS = {"version", "output", "cache", "concurrency", "platforms", "keep_ind
 _REGISTRY_KEYS = {"username", "password", "insecure", "ca_file", "max_concurrency", "retries"}
 _IMAGE_KEYS = {"source", "tags", "digests", "platforms", "target", "referrers"}
 _FILTER_KEYS = {"include", "exclude", "semver", "latest"}
-DEFAULT_OUTPUT = "bundles/mirror-{date}.tar"
-DEFAULT_CONCURRENCY = 8
-DEFAULT_RETRIES = 5
 _NULL = "tag:yaml.org,2002:null"
-# An image's `platforms: all`: every platform, whatever the top-level `platforms:` says. Empty,
-# because `platforms: []` is refused, so an empty tuple can mean nothing else; the resolver
-# is given None (no filter) for it.
-ALL_PLATFORMS: tuple[Platform, ...] = ()
-
-
-@dataclass(frozen=True)
-class RegistryConfig:
-    """Settings for one registry host, as written under `registries:`."""
-
-    username: str | None = None
-    password: str | None = None
-    insecure: bool = False
-    ca_file: str | None = None
-    max_concurrency: int | None = None
-    retries: int = DEFAULT_RETRIES
-
-    def __repr__(self) -> str:  # never print a password, even in a debugger or a traceback
-        return (f"RegistryConfig(username={self.username!r}, password={'***' if self.password else None}, "
-                f"insecure={self.insecure}, ca_file={self.ca_file!r}, "
-                f"max_concurrency={self.max_concurrency}, retries={self.retries})")
-
-
-@dataclass(frozen=True)
-class ImageSpec:
-    """One entry of `images:`: a repository and what to take from it."""
-
-    where: str                      # "mirror.yaml:12 images[3]", for messages
-    repository: Reference           # no tag, no digest
-    tags: tuple[str, ...] = ()      # explicit tags
-    tag_filter: TagFilter | None = None   # select from the registry's tag list
-    digests: tuple[str, ...] = ()
-    platforms: tuple[Platform, ...] | None = None   # None: the top level's; ALL_PLATFORMS: every one
-    target: str | None = None
-    pinned: Reference | None = None  # source written as name:tag@digest: one image, by digest
-    referrers: bool | None = None    # None: the top-level setting
-
-
-@dataclass(frozen=True)
-class MirrorSpec:
-    """The whole manifest, validated."""
-
-    path: str
-    output: str = DEFAULT_OUTPUT
-    cache: str | None = None
-    concurrency: int = DEFAULT_CONCURRENCY
-    platforms: tuple[Platform, ...] | None = None   # None: every platform (`all` or no key)
-    keep_index_digest: bool = False
-    referrers: bool = False          # also mirror signatures, attestations, SBOMs pointing at images
-    load_platform: Platform | None = None
-    registries: dict[str, RegistryConfig] = field(default_factory=dict)
-    images: tuple[ImageSpec, ...] = ()
 
 
 def load_spec(path: str | os.PathLike, env: dict[str, str] | None = None) -> MirrorSpec:

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import DigestMismatchError, LockHeldError, StoreError
-from .oci import digest_hex, sha256_digest
+from .core.oci import digest_hex, sha256_digest
 
 
 def default_cache_dir(env=os.environ) -> Path:

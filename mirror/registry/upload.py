@@ -8,9 +8,9 @@ import concurrent.futures
 from typing import Protocol
 from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 
-from .errors import RegistryError
-from .oci import ACCEPT
-from .reference import join_ref
+from ..errors import RegistryError
+from ..core.oci import ACCEPT
+from ..core.reference import join_ref
 from .transport import Transport
 
 READERS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="imgmirror-read")

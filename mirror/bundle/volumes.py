@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import BundleError
+from ..errors import BundleError
 
 # A finished part (and the tar, in the background while it grows) is fdatasynced here.
 FLUSHER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgmirror-flush")

@@ -8,10 +8,10 @@ from urllib.parse import urljoin
 
 import aiohttp
 
-from .errors import RegistryError, TransientError
-from .oci import ACCEPT, Descriptor
-from .reference import join_ref
-from .store import Store
+from ..errors import RegistryError, TransientError
+from ..core.oci import ACCEPT, Descriptor
+from ..core.reference import join_ref
+from ..cache import Store
 from .transport import Transport, redact_url
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024    # distribution's own limit

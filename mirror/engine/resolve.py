@@ -9,14 +9,14 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from .errors import DigestMismatchError, UnsupportedManifestError
-from .oci import INDEX_TYPES, Descriptor, Manifest, parse_manifest, sha256_digest
-from .plan import (MAX_DEPTH, blobs_of, child_spans, describe_platforms, keep_children, no_match,
+from ..errors import DigestMismatchError, UnsupportedManifestError
+from ..core.oci import INDEX_TYPES, Descriptor, Manifest, parse_manifest, sha256_digest
+from ..core.plan import (MAX_DEPTH, blobs_of, child_spans, describe_platforms, keep_children, no_match,
                    replace_members, rewrite_index)
-from .platform import Platform, from_oci
-from .reference import Reference
-from .registry import Registry
-from .store import Store
+from ..core.platform import Platform, from_oci
+from ..core.reference import Reference
+from ..registry.client import Registry
+from ..cache import Store
 
 
 @dataclass

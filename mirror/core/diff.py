@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from .errors import BundleError, UsageError
-from .oci import ANN_TARGET, parse_manifest, sha256_digest
+from ..errors import BundleError
+from .oci import ANN_TARGET, parse_manifest
 from .reference import parse_reference
 
 ANN_BASE = "io.imgmirror.bundle.base"
@@ -49,7 +48,7 @@ def holders_json(holders: tuple[Holder, ...]) -> list[dict]:
     return [{"name": name, **({"target": target} if target else {})} for name, target in holders]
 
 
-def _holders_from(entries, where: str) -> tuple[Holder, ...]:
+def holders_from(entries, where: str) -> tuple[Holder, ...]:
     try:
         return tuple((str(h["name"]), h.get("target") or None) for h in entries or ())
     except (KeyError, TypeError, AttributeError):
@@ -99,7 +98,7 @@ def expected_holders(reader) -> dict[str, tuple[Holder, ...]]:
     out: dict[str, tuple[Holder, ...]] = {}
     for r in getattr(reader, "readers", None) or [reader]:
         for b in _expected_entries(r):
-            for h in _holders_from(b.get("from"), f"{r.path}: expected blob {b['digest']}"):
+            for h in holders_from(b.get("from"), f"{r.path}: expected blob {b['digest']}"):
                 add_holder(out, b["digest"], h)
     return out
 
@@ -123,25 +122,3 @@ def bundle_holders(reader) -> dict[str, tuple[Holder, ...]]:
             r = parse_reference(ref)
             walk(desc.digest, (r.name, desc.annotations.get(ANN_TARGET) or None), 0)
     return out
-
-
-def load_base(path: str) -> Base:
-    """An earlier bundle (tar, parts, directory) or the JSON report of the run that made it."""
-    p = Path(path)
-    if p.suffix == ".json" and p.is_file():
-        try:
-            bundle = json.loads(p.read_text())["bundle"]
-            holders = {d: _holders_from(hs, f"{path}: carried_by {d}")
-                       for d, hs in (bundle.get("carried_by") or {}).items()}
-            return Base(bundle["index_sha256"], frozenset(bundle["carried"]), holders=holders)
-        except (ValueError, KeyError, TypeError, AttributeError, BundleError) as exc:
-            raise UsageError(f"--since {path}: not a report of an imgmirror sync that wrote a bundle "
-                             f"({exc.__class__.__name__}: {exc}); give the bundle itself instead") from None
-    from .bundle_read import open_bundle
-    with open_bundle(path) as reader:
-        carried = set(reader.digests()) | set(read_expected(reader))
-        holders = expected_holders(reader)
-        for d, hs in bundle_holders(reader).items():
-            for h in hs:
-                add_holder(holders, d, h)
-        return Base(sha256_digest(reader.index_raw), frozenset(carried), frozenset(reader.digests()), holders)

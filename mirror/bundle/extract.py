@@ -21,18 +21,16 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
-from .bundle import BundleContent, BundleImage, LoadEntry, TarWriter, _json, blob_order
-from .bundle_read import IMAGE_CONFIG_TYPES, MAX_READ, iter_tree, open_bundle, open_bundles
-from .diff import read_expected
-from .errors import BundleError, DigestMismatchError, MirrorError, UsageError
-from .oci import (ANN_REF_NAME, ANN_SOURCE_DIGEST, IMAGE_TYPES, INDEX_TYPES, MANIFEST_TYPES, OCI_INDEX,
+from .writer import BundleContent, BundleImage, LoadEntry, TarWriter, _json, blob_order
+from .reader import IMAGE_CONFIG_TYPES, MAX_READ, iter_tree, open_bundle, open_bundles
+from ..core.diff import read_expected
+from ..errors import BundleError, DigestMismatchError, MirrorError, UsageError
+from ..core.oci import (ANN_REF_NAME, ANN_SOURCE_DIGEST, IMAGE_TYPES, INDEX_TYPES, MANIFEST_TYPES, OCI_INDEX,
                   Descriptor, image_platform, parse_manifest)
-from .platform import Platform, from_oci, matches, parse_platform
-from .progress import human
-from .reference import parse_reference
+from ..core.platform import Platform, from_oci, matches, parse_platform
+from ..core.reference import parse_reference
 
 DEFAULT_LOAD_PLATFORM = "linux/amd64"      # as sync's load_platform default
 
@@ -250,35 +248,3 @@ def extract(bundles: list, ref: str, output, load_platform: str | None = None) -
     return {"path": str(target), "reference": name, "digest": root.digest, "media_type": root.media_type,
             "blobs": len(blobs), "bytes": sum(blobs.values()), "size": size, "sha256": sha,
             "docker_load": load is not None, "notes": notes}
-
-
-def add_parser(subparsers) -> None:
-    """Add `extract` to the CLI's subparsers; it sets `handler`."""
-    e = subparsers.add_parser("extract", help="write one image of a bundle as a single-image OCI archive "
-                              "(for `podman load`, keeping its digests)")
-    e.add_argument("args", nargs="+", metavar="BUNDLE... REF",
-                   help="the bundle (tar, first part, or layout directory; several: a base and its "
-                        "differential bundles, in order), then the image's reference as `imgmirror "
-                        "list` shows it (a short form such as alpine:3.19 is normalised)")
-    e.add_argument("-o", "--output", required=True, metavar="OUT.tar", help="the archive to write")
-    e.add_argument("--load-platform", metavar="OS/ARCH",
-                   help="the platform of the manifest.json entry for docker load (default: the "
-                        f"bundle's entry for the image, else {DEFAULT_LOAD_PLATFORM})")
-    e.set_defaults(handler=cmd_extract)
-
-
-def cmd_extract(args) -> int:
-    """`imgmirror extract BUNDLE... REF -o OUT.tar`: 0 written; 2 usage, unknown ref or not a
-    bundle; 1 a damaged bundle, a blob it lacks, or the archive cannot be written."""
-    if len(args.args) < 2:
-        raise UsageError("give the bundle and the image's reference: imgmirror extract BUNDLE REF -o OUT.tar")
-    *bundles, ref = args.args
-    res = extract(bundles, ref, args.output, args.load_platform)
-    for note in res["notes"]:
-        print(f"imgmirror: note: {note}", file=sys.stderr)
-    print(f"{res['path']}: {res['reference']}\n    {res['digest']} {res['media_type']}\n"
-          f"    {res['blobs']} blobs, {human(res['bytes'])}; archive {human(res['size'])}, {res['sha256']}"
-          f"\n    load it with `podman load -i {res['path']}` or `skopeo copy --preserve-digests "
-          f"oci-archive:{res['path']} docker://…`" + ("" if res["docker_load"] else
-                                                        "; manifest.json is empty (no docker load)"))
-    return 0

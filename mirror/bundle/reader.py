@@ -34,11 +34,11 @@ import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .errors import BundleError, MirrorError, NotABundleError
-from .oci import (ANN_REF_NAME, json_problem, ANN_SOURCE_DIGEST, DOCKER_CONFIG, IMAGE_TYPES, MANIFEST_TYPES,
+from ..errors import BundleError, MirrorError, NotABundleError
+from ..core.oci import (ANN_REF_NAME, json_problem, ANN_SOURCE_DIGEST, DOCKER_CONFIG, IMAGE_TYPES, MANIFEST_TYPES,
                   OCI_CONFIG, Descriptor, Manifest, image_platform, parse_manifest, verify_bytes)
-from .parts import PartsFile, PositionalFile, SplitBundle, find_split, part_path
-from .platform import Platform, from_oci
+from .volumes import PartsFile, PositionalFile, SplitBundle, find_split, part_path
+from ..core.platform import Platform, from_oci
 
 # Bounds on what is read into memory: a real index.json of thousands of images is a few MiB.
 META_LIMITS = {"oci-layout": 64 << 10, "index.json": 16 << 20, "manifest.json": 16 << 20}

@@ -22,19 +22,18 @@ import hashlib
 import json
 import os
 import stat
-import sys
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .bundle_read import (END_OF_ARCHIVE, MAX_READ, META_LIMITS, blob_digest, check_member, compression_of,
+from .reader import (END_OF_ARCHIVE, MAX_READ, META_LIMITS, blob_digest, check_member, compression_of,
                           iter_tree, not_a_bundle, open_bundle, open_tar, parse_index, stat_bundle)
-from .errors import BundleError, MirrorError, NotABundleError, UsageError
-from .parts import PartsFile, SplitBundle, find_split
-from .diff import ANN_EXPECTED
-from .oci import ANN_SOURCE_DIGEST, MANIFEST_TYPES, Descriptor, json_problem, sha256_digest
-from .plan import FOREIGN_LAYER_TYPES
-from .progress import human
+from ..errors import BundleError, MirrorError, NotABundleError
+from .volumes import PartsFile, SplitBundle, find_split
+from ..core.diff import ANN_EXPECTED
+from ..core.oci import ANN_SOURCE_DIGEST, MANIFEST_TYPES, Descriptor, json_problem, sha256_digest
+from ..core.plan import FOREIGN_LAYER_TYPES
+from ..core.units import human
 
 CHUNK = 1 << 20
 KEEP_LIMIT = 256 << 20      # JSON blobs held for the reference checks; past this, re-read them
@@ -328,7 +327,7 @@ def verify_bundle(path, stream=None, bases=()) -> VerifyResult:
     differential bundle, `bases` (earlier bundles) must between them carry what it expects."""
     res, p = VerifyResult(str(path)), Path(path)
     if bases:
-        from .diff import load_base
+        from .base import load_base
         loaded = [load_base(str(b)) for b in bases]
         # what the bases hold themselves; a blob a base only expects from its own base is not there
         res.base_carried = set().union(*(b.held if b.held is not None else b.carried for b in loaded))
@@ -507,59 +506,3 @@ def list_bundle(path) -> list[dict]:
     gets "problem" (and size None) instead of failing the whole listing."""
     with open_bundle(path) as b:
         return [b.describe(ref, desc) for ref, desc in b.images]
-
-
-def add_parsers(subparsers) -> None:
-    """Add `verify` and `list` to the CLI's subparsers; each sets `handler`."""
-    v = subparsers.add_parser("verify", help="check every blob and reference of a bundle; write nothing")
-    v.add_argument("bundle", help="a bundle tar or layout directory, or - for a tar on stdin")
-    v.add_argument("--base", action="append", default=[], metavar="PREVIOUS",
-                   help="for a differential bundle: an earlier bundle (or its report) that must "
-                        "carry the blobs it expects; repeat for a chain")
-    v.set_defaults(handler=cmd_verify)
-    ls = subparsers.add_parser("list", help="the images in a bundle")
-    ls.add_argument("bundle", help="a bundle tar or layout directory")
-    ls.add_argument("--json", action="store_true", help="print JSON")
-    ls.set_defaults(handler=cmd_list)
-
-
-def cmd_verify(args) -> int:
-    """`imgmirror verify BUNDLE`: 0 sound, 1 problems (each listed), 2 not a bundle (raised)."""
-    if args.bundle == "-":
-        res = verify_bundle("<stdin>", stream=sys.stdin.buffer, bases=args.base)
-    else:
-        res = verify_bundle(args.bundle, bases=args.base)
-    for w in res.warnings:
-        print(f"warning: {w}")
-    for digest, size in sorted(res.expected.items()):
-        print(f"expected from the base: {digest} ({size} bytes)")
-    for p in res.problems:
-        print(f"problem: {p}")
-    print(res.summary())
-    return 0 if res.ok else 1
-
-
-def cmd_list(args) -> int:
-    """`imgmirror list BUNDLE [--json]`: 0 listed, 1 some image has a problem (listed anyway),
-    2 not a bundle (raised)."""
-    if args.bundle == "-":
-        raise UsageError("list reads a bundle in place: give a file or directory, not -")
-    images = list_bundle(args.bundle)
-    bad = sum("problem" in i for i in images)
-    if args.json:
-        print(json.dumps(images, indent=2))
-    else:
-        for i in images:
-            size = human(i["size"]) if i["size"] is not None else "unknown"
-            print(f"{i['reference'] or '(no name)'}\n    {i['digest']} {i['media_type']}\n"
-                  f"    platforms: {', '.join(i['platforms']) or 'unknown'}\n    size: {size}")
-            for note in i.get("notes", ()):
-                print(f"    note: {note}")
-            if "problem" in i:
-                print(f"    problem: {i['problem']}")
-        tail = (f", {bad} with a problem; run `imgmirror verify {args.bundle}` for details" if bad else "")
-        print(f"{len(images)} images{tail}")
-    if bad and args.json:
-        print(f"imgmirror: {bad} of {len(images)} images with a problem; run `imgmirror verify "
-              f"{args.bundle}` for details", file=sys.stderr)
-    return 1 if bad else 0

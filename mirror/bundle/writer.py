@@ -25,10 +25,10 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import BundleError, DigestMismatchError
-from .oci import ANN_CONTAINERD_NAME, ANN_REF_NAME, ANN_SOURCE_DIGEST, ANN_TARGET, Descriptor, digest_hex
-from .parts import FLUSHER, PartsWriter, sums_path, tmp_beside
-from .store import BlobWriter, Store
+from ..errors import BundleError, DigestMismatchError
+from ..core.oci import ANN_CONTAINERD_NAME, ANN_REF_NAME, ANN_SOURCE_DIGEST, ANN_TARGET, Descriptor, digest_hex
+from .volumes import FLUSHER, PartsWriter, sums_path, tmp_beside
+from ..cache import BlobWriter, Store
 
 OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
 

@@ -32,9 +32,9 @@ from urllib.parse import urljoin
 
 import aiohttp
 
-from .errors import RegistryError, TransientError, UnsupportedManifestError
-from .oci import ACCEPT, MANIFEST_TYPES, OCI_INDEX, Descriptor, digest_hex
-from .registry import Registry, _next_link, _pull
+from ..errors import RegistryError, TransientError, UnsupportedManifestError
+from ..core.oci import ACCEPT, MANIFEST_TYPES, OCI_INDEX, Descriptor, digest_hex
+from ..registry.client import Registry, _next_link, _pull
 
 COSIGN_SUFFIXES = (".sig", ".att", ".sbom")
 MAX_REFERRER_PAGES = 1000            # a referrers list that never ends stops here

@@ -13,18 +13,21 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
-from .errors import MirrorError, UsageError, exit_code
-from .progress import Progress, human, make_progress
-from .diff import expected_holders, load_base
-from .oci import ANN_TARGET
-from .push import Destination, PushImage, PushOptions, push_images
-from .spec import RegistryConfig, load_spec
-from .store import Store, default_cache_dir
+from .. import __version__
+from ..errors import MirrorError, UsageError, exit_code
+from ..core.units import human
+from ..progress import Progress, make_progress
+from ..bundle.base import load_base
+from ..core.diff import expected_holders
+from ..core.oci import ANN_TARGET
+from ..engine.push import Destination, PushImage, PushOptions, push_images
+from ..core.spec import RegistryConfig
+from ..specfile import load_spec
+from ..cache import Store, default_cache_dir
 from .serve import add_parser as add_serve_command
-from .extract import add_parser as add_extract_command
-from .verify import add_parsers as add_bundle_commands
-from .sync import SyncOptions, SyncResult, Syncer
+from .bundle import add_extract_parser as add_extract_command
+from .bundle import add_parsers as add_bundle_commands
+from ..engine.sync import SyncOptions, SyncResult, Syncer
 
 
 class _Parser(argparse.ArgumentParser):
@@ -159,7 +162,7 @@ def cmd_push(args) -> int:
     chunk = parse_size(args.chunk_size)
     registries = load_spec(args.config).registries if args.config else {}
     cfg = registries.get(dest.host, RegistryConfig())
-    from .bundle_read import open_bundle, open_bundles   # the bundle reader is push's alone
+    from ..bundle.reader import open_bundle, open_bundles   # the bundle reader is push's alone
     reader = open_bundles(args.bundle) if len(args.bundle) > 1 else open_bundle(args.bundle[0])
     unnamed = [desc.digest for ref, desc in reader.images if not ref]
     if unnamed:

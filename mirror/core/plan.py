@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from .errors import PlatformError
+from ..errors import PlatformError
 from .oci import ANN_SOURCE_DIGEST, ATTESTATION_DIGEST, Descriptor, Manifest
 from .platform import Platform, from_oci, matches
 

@@ -12,21 +12,22 @@ from pathlib import Path
 
 import aiohttp
 
-from .bundle import BundleContent, BundleImage, LoadEntry, TarWriter, blob_order, write_dir
-from .diff import ANN_BASE, ANN_EXPECTED, Base, add_holder, expected_doc, holders_json
-from .errors import BundleError, MirrorError
-from .oci import Descriptor, image_platform, sha256_digest
-from .platform import Platform, from_oci, matches, parse_platform
-from .progress import Progress, human
-from .reference import Reference
-from .registry import Registry
+from ..bundle.writer import BundleContent, BundleImage, LoadEntry, TarWriter, blob_order, write_dir
+from ..core.diff import ANN_BASE, ANN_EXPECTED, Base, add_holder, expected_doc, holders_json
+from ..errors import BundleError, MirrorError
+from ..core.oci import Descriptor, image_platform, sha256_digest
+from ..core.platform import Platform, from_oci, matches, parse_platform
+from ..core.units import human
+from ..progress import Progress
+from ..core.reference import Reference
+from ..registry.client import Registry
 from .resolve import Resolved, resolve
-from .selection import select_tags
-from .spec import ImageSpec, MirrorSpec, RegistryConfig
+from ..core.selection import select_tags
+from ..core.spec import ImageSpec, MirrorSpec, RegistryConfig
 from .referrers import discover
 from .push import Destination, PushImage, PushOptions, PushResult, push_images
-from .store import Store, StoreSource
-from .transport import transport_for
+from ..cache import Store, StoreSource
+from ..registry.transport import transport_for
 
 DEFAULT_LOAD_PLATFORM = parse_platform("linux/amd64")
 # The bundle writer's own thread, so it never queues behind the downloads' hashing.
