@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import DigestMismatchError, LockHeldError, StoreError
+from .core.content import Abandoned, Follower, Restarted
 from .core.oci import digest_hex, sha256_digest
 
 
@@ -93,6 +94,68 @@ class BlobWriter:
         self.tmp.unlink(missing_ok=True)
         if self.state != "committed":
             self._announce(state="failed")
+
+    def follow(self) -> Follower:
+        """A reader of this download as it lands (for the bundle writer): see core.content."""
+        return _Follower(self)
+
+
+class _Follower:
+    """Reads a BlobWriter's temp file as it grows; the one place that knows its states."""
+
+    def __init__(self, blob: BlobWriter):
+        self.blob, self.digest, self.size = blob, blob.digest, blob.expected_size
+        self.pos, self.generation, self.fh = 0, blob.generation, None
+
+    def _open(self) -> None:
+        b = self.blob
+        try:
+            self.fh = open(b.tmp, "rb", buffering=0)
+        except FileNotFoundError:          # it ended before we looked: failed, or in the store
+            # commit() renames the file before it announces "committed" (and abort() unlinks
+            # before "failed"): wait for the announcement, or a committed blob is taken as lost.
+            with b.changed:
+                while b.state == "writing":
+                    b.changed.wait(1.0)
+            if b.state != "committed":
+                raise Abandoned(b.digest) from None
+            self.fh = open(b.final, "rb", buffering=0)   # an open file outlives the rename
+
+    def readinto(self, buffer) -> int:
+        """Up to len(buffer) more bytes, blocking until some arrive; 0 at the end of the blob."""
+        if self.fh is None:
+            self._open()
+        b = self.blob
+        while True:
+            with b.changed:
+                while b.state == "writing" and b.size <= self.pos and b.generation == self.generation:
+                    b.changed.wait(1.0)
+                state, available = b.state, b.size
+                restarted, self.generation = b.generation != self.generation, b.generation
+            if state == "failed":
+                raise Abandoned(b.digest)
+            if restarted:
+                self.fh.seek(0)
+                self.pos = 0
+                raise Restarted(b.digest)
+            if self.pos < available:
+                n = self.fh.readinto(memoryview(buffer)[:available - self.pos])
+                if n:
+                    self.pos += n
+                    return n
+                continue     # truncated under us: the write started over; the next look says so
+            if state == "committed":
+                return 0
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class Store:

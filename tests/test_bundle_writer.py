@@ -57,7 +57,7 @@ def _write(tmp_path, name, follow: dict) -> tuple[bytes, str]:
     bw = store.begin(_digest(BLOB), len(BLOB))
     parts = [BLOB[i:i + 100_000] for i in range(0, len(BLOB), 100_000)]
     thread = _feed(bw, parts, **follow)
-    ok = tar.add_following(bw)
+    ok = tar.add_following(bw.follow())
     thread.join()
     tar.add_blob(store, _digest(OTHER), verify=True)
     size, sha = tar.finish(content)

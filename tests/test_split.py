@@ -144,7 +144,7 @@ def _following(tmp_path: Path, name: str, split: int | None, **follow) -> tuple[
     writer = TarWriter(out / "b.tar", split=split)
     bw = store.begin(sha256(BLOB), len(BLOB))
     thread = _feed(bw, [BLOB[i:i + 100_000] for i in range(0, len(BLOB), 100_000)], **follow)
-    ok = writer.add_following(bw)
+    ok = writer.add_following(bw.follow())
     thread.join()
     writer.add_blob(store, sha256(OTHER), verify=True)
     size, sha = writer.finish(content)
@@ -181,7 +181,7 @@ def test_following_a_blob_caught_between_rename_and_commit(tmp_path):
     later.start()
     writer = TarWriter(tmp_path / "out" / "b.tar", split=5000)
     try:
-        assert writer.add_following(bw)
+        assert writer.add_following(bw.follow())
         writer.finish(BundleContent(blobs={sha256(BLOB): len(BLOB)}))
     finally:
         writer.abort()

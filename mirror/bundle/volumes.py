@@ -20,8 +20,6 @@ from pathlib import Path
 
 from ..errors import BundleError
 
-# A finished part (and the tar, in the background while it grows) is fdatasynced here.
-FLUSHER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgmirror-flush")
 
 
 def tmp_beside(target: Path) -> Path:
@@ -50,8 +48,9 @@ class PartsWriter:
     shorter), each hashed as it is written. Supports cutting back to an earlier `mark()`, also
     into an earlier part. A finished part is fdatasynced and closed in the background."""
 
-    def __init__(self, target: Path, split: int | None):
-        self.target, self.split = target, split
+    def __init__(self, target: Path, split: int | None, flusher: concurrent.futures.Executor):
+        # a finished part is fdatasynced and closed on `flusher` (the TarWriter's own thread)
+        self.target, self.split, self.flusher = target, split, flusher
         self.tmps: list[Path] = []
         self.hashes: list = []
         self.pending: list[concurrent.futures.Future] = []
@@ -75,7 +74,7 @@ class PartsWriter:
             self.pos += n
             return n
         if self.pos >= self.split:       # the next part begins with the next byte, not before
-            self.pending.append(FLUSHER.submit(_sync_close, self.fh))
+            self.pending.append(self.flusher.submit(_sync_close, self.fh))
             self.fh = None
             self._new_part()
         n = self.fh.write(view[:self.split - self.pos])

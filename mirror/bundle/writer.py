@@ -18,6 +18,7 @@ only by `finish()`, the sums file last.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -27,8 +28,9 @@ from pathlib import Path
 
 from ..errors import BundleError, DigestMismatchError
 from ..core.oci import ANN_CONTAINERD_NAME, ANN_REF_NAME, ANN_SOURCE_DIGEST, ANN_TARGET, Descriptor, digest_hex
-from .volumes import FLUSHER, PartsWriter, sums_path, tmp_beside
-from ..cache import BlobWriter, Store
+from .volumes import PartsWriter, sums_path, tmp_beside
+from ..cache import Store
+from ..core.content import Abandoned, Follower, Restarted
 
 OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
 
@@ -145,12 +147,15 @@ class TarWriter:
         self.parts: list[dict] = []      # after finish(), with split: [{path, size, sha256}]
         self.sums_path = sums_path(self.target) if split else None
         self.size, self._flushed, self._flush = 0, 0, None
+        # Its own thread fdatasyncs the tar in the background as it grows (and closes finished
+        # parts): shut down by finish() or abort(), shared with no other writer or run.
+        self._flusher = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgmirror-flush")
         self._buf = bytearray(COPY_CHUNK)
         self._view = memoryview(self._buf)
         self._hash = hashlib.sha256()
         try:
             self.target.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = PartsWriter(self.target, split)
+            self._fh = PartsWriter(self.target, split, self._flusher)
             self._write(_info("oci-layout", len(OCI_LAYOUT)) + _pad(OCI_LAYOUT))
             self._write(_info("blobs", directory=True) + _info("blobs/sha256", directory=True))
         except OSError as exc:
@@ -170,7 +175,7 @@ class TarWriter:
         self.size += len(data)
         if self.size - self._flushed >= _FLUSH_STEP and (self._flush is None or self._flush.done()):
             self._flushed = self.size
-            self._flush = FLUSHER.submit(os.fdatasync, self._fh.fileno())
+            self._flush = self._flusher.submit(os.fdatasync, self._fh.fileno())
 
     def add_blob(self, store: Store, digest: str, verify: bool) -> None:
         """Append one blob from the store (in `blob_order`); `verify` hashes it again on the way."""
@@ -205,54 +210,34 @@ class TarWriter:
         self._write(bytes(-copied % BLOCK))
         return "sha256:" + check.hexdigest() if check else None
 
-    def add_following(self, blob: BlobWriter) -> bool:
-        """Append a blob while it downloads, reading its temp file as it grows.
+    def add_following(self, blob: Follower) -> bool:
+        """Append a blob while it is still being written, through a Follower (cache.BlobWriter.
+        follow()): its bytes go into the tar as they arrive.
 
-        Returns False, with the tar as it was before, if the download fails. A download that
-        starts over (a server ignoring Range) is followed again from its first byte.
-        """
+        Returns False, with the tar as it was before, if the write is abandoned (a failed
+        download). One that starts over (a server ignoring Range) is copied again from its first
+        byte, what was copied of it cut back out first."""
         start, hash_at_start = self.size, self._mark()
-        name = f"blobs/sha256/{digest_hex(blob.digest)}"
         try:
-            try:
-                src = open(blob.tmp, "rb", buffering=0)
-            except FileNotFoundError:       # it ended before we looked: failed, or in the store
-                # commit() renames the file before it announces "committed" (and abort() unlinks
-                # before "failed"): wait for the announcement, or a committed blob is left out.
-                with blob.changed:
-                    while blob.state == "writing":
-                        blob.changed.wait(1.0)
-                if blob.state == "committed":
-                    self.add_blob(blob.store, blob.digest, verify=False)
-                    return True
-                return False
-            with src:
-                self._write(_info(name, blob.expected_size))
+            with blob:
+                self._write(_info(f"blobs/sha256/{digest_hex(blob.digest)}", blob.size))
                 body, hash_at_body = self.size, self._mark()
-                pos, generation = 0, blob.generation
+                copied = 0
                 while True:
-                    with blob.changed:
-                        while (blob.state == "writing" and blob.size <= pos
-                               and blob.generation == generation):
-                            blob.changed.wait(1.0)
-                        state, available = blob.state, blob.size
-                        restarted = blob.generation != generation
-                        generation = blob.generation
-                    if state == "failed":
+                    try:
+                        n = blob.readinto(self._view[:COPY_CHUNK])
+                    except Restarted:
+                        self._rollback(body, hash_at_body)
+                        copied = 0
+                        continue
+                    except Abandoned:
                         self._rollback(start, hash_at_start)
                         return False
-                    if restarted:
-                        self._rollback(body, hash_at_body)
-                        src.seek(0)
-                        pos = 0
-                        continue
-                    while pos < available and (n := src.readinto(
-                            self._view[:min(COPY_CHUNK, available - pos)])):
-                        self._write(self._view[:n])
-                        pos += n
-                    if state == "committed" and pos >= available:
+                    if not n:
                         break
-                self._write(bytes(-pos % BLOCK))
+                    self._write(self._view[:n])
+                    copied += n
+                self._write(bytes(-copied % BLOCK))
                 return True
         except OSError as exc:
             raise self.error(exc) from None
@@ -286,6 +271,7 @@ class TarWriter:
         except OSError as exc:
             self.abort()
             raise self.error(exc) from None
+        self._flusher.shutdown()
         return self.size, "sha256:" + self._hash.hexdigest()
 
     def _settle(self) -> None:
@@ -303,6 +289,7 @@ class TarWriter:
         parts = getattr(self, "_fh", None)
         if parts is not None:
             parts.discard()
+        self._flusher.shutdown()
 
 
 BLOCK = tarfile.BLOCKSIZE

@@ -19,6 +19,7 @@ from ..progress import Progress
 from ..core.diff import Holder
 from ..core.reference import ReferenceError_, parse_reference
 from ..registry.upload import BlobSource, Uploader
+from .context import RunContext
 
 DEFAULT_CHUNK = 64 << 20
 
@@ -383,19 +384,24 @@ def _explain(exc: MirrorError, plan: _Plan) -> str:
 
 async def push_images(source: BlobSource, images: list[PushImage], dest: Destination, registry,
                       opts: PushOptions, progress: Progress, session=None,
-                      insecure: bool = False, holders: dict | None = None) -> PushResult:
+                      insecure: bool = False, holders: dict | None = None,
+                      ctx: RunContext | None = None) -> PushResult:
     """Push `images` from `source` to `dest`; `registry` is the destination's RegistryConfig;
-    `holders`: where a differential bundle's base carried the blobs it lacks (diff.expected_holders)."""
+    `holders`: where a differential bundle's base carried the blobs it lacks (diff.expected_holders);
+    `session` and `ctx`: the run's, when push is part of a sync (else its own, closed at the end)."""
     import aiohttp
 
     from ..registry.transport import transport_for
-    own = session is None
-    if own:
+    own_session, own_ctx = session is None, ctx is None
+    if own_session:
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), auto_decompress=False,
                                         trust_env=False)
+    ctx = ctx or RunContext()
     try:
-        uploader = Uploader(transport_for(session, dest.host, registry, opts.jobs, insecure))
+        uploader = Uploader(transport_for(session, dest.host, registry, opts.jobs, insecure), readers=ctx.readers)
         return await Pusher(source, uploader, dest, opts, progress, holders).run(images)
     finally:
-        if own:
+        if own_session:
             await session.close()
+        if own_ctx:
+            ctx.close()

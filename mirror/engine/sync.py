@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import concurrent.futures
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,13 +24,12 @@ from .resolve import Resolved, resolve
 from ..core.selection import select_tags
 from ..core.spec import ImageSpec, MirrorSpec, RegistryConfig
 from .referrers import discover
+from .context import RunContext
 from .push import Destination, PushImage, PushOptions, PushResult, push_images
 from ..cache import Store, StoreSource
 from ..registry.transport import transport_for
 
 DEFAULT_LOAD_PLATFORM = parse_platform("linux/amd64")
-# The bundle writer's own thread, so it never queues behind the downloads' hashing.
-WRITER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgmirror-tar")
 
 
 @dataclass
@@ -96,6 +94,7 @@ class Syncer:
 
     def __init__(self, spec: MirrorSpec, store: Store, opts: SyncOptions, progress: Progress):
         self.spec, self.store, self.opts, self.progress = spec, store, opts, progress
+        self.ctx = RunContext()       # this run's threads; closed at the end of run()
         self.jobs = asyncio.Semaphore(opts.jobs or spec.concurrency)
         self.registries: dict[str, Registry] = {}
         self.inflight: dict[str, asyncio.Future] = {}
@@ -111,10 +110,18 @@ class Syncer:
         if host not in self.registries:
             cfg = self.spec.registries.get(host.lower(), RegistryConfig())   # keys are lowercased
             self.registries[host] = Registry(transport_for(session, host, cfg,
-                                                           self.opts.jobs or self.spec.concurrency))
+                                                           self.opts.jobs or self.spec.concurrency),
+                                             hashers=self.ctx.hashers)
         return self.registries[host]
 
     async def run(self) -> SyncResult:
+        """The whole sync; the run's threads are shut down at its end, whatever happens."""
+        try:
+            return await self._run()
+        finally:
+            self.ctx.close()
+
+    async def _run(self) -> SyncResult:
         started = time.monotonic()
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
         writer: TarWriter | None = None
@@ -195,7 +202,8 @@ class Syncer:
         images = [PushImage(it.res.name, it.res.top, it.res.target) for it in items]
         cfg = self.spec.registries.get(dest.host, RegistryConfig())
         opts = PushOptions(jobs=self.opts.jobs or self.spec.concurrency, fail_fast=self.opts.fail_fast)
-        return await push_images(StoreSource(self.store), images, dest, cfg, opts, self.progress, session)
+        return await push_images(StoreSource(self.store), images, dest, cfg, opts, self.progress, session,
+                                 ctx=self.ctx)
 
     async def referrers(self, session, items: list[Item]) -> list[Item]:
         """referrers: true: one more image for everything that points at a mirrored one."""
@@ -359,7 +367,7 @@ class Syncer:
             if blob_writer is not None:
                 # False when the download failed: the tar is left as it was, and fetch_one
                 # reports the images that needed the blob.
-                await run(WRITER, writer.add_following, blob_writer)
+                await run(self.ctx.tar, writer.add_following, blob_writer.follow())
                 continue
             fut = self.inflight.get(digest)
             if fut is not None:
@@ -369,7 +377,7 @@ class Syncer:
                     continue
             # Blobs fetched in this run were verified moments ago; older cache entries are
             # hashed again on the way, so a disk that changed them cannot slip into a bundle.
-            await run(WRITER, writer.add_blob, self.store, digest, digest not in self.fetched)
+            await run(self.ctx.tar, writer.add_blob, self.store, digest, digest not in self.fetched)
 
     def blob(self, reg: Registry, repo: str, desc: Descriptor) -> asyncio.Future:
         """The one download of a digest, shared by every image that needs it."""

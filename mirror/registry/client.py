@@ -17,9 +17,6 @@ from .transport import Transport, redact_url
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024    # distribution's own limit
 MAX_TAG_PAGES = 10_000                  # a tag list that never ends stops here
 CHUNK = 1 << 20
-# Downloads hash and write their batches here. Few threads: on a small machine the event loop
-# and the bundle writer need the other cores; more threads only queue for the same CPUs.
-HASHERS = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="imgmirror-hash")
 
 
 def _pull(repo: str) -> frozenset:
@@ -29,9 +26,10 @@ def _pull(repo: str) -> frozenset:
 class Registry:
     """Read manifests, tags and blobs from one registry host through a Transport."""
 
-    def __init__(self, transport: Transport):
+    def __init__(self, transport: Transport, hashers: concurrent.futures.Executor | None = None):
         self.t = transport
         self.host = transport.settings.host
+        self.hashers = hashers      # the run's threads that hash and write downloads (None: the loop's)
 
     async def head_manifest(self, repo: str, ref: str) -> str | None:
         """The digest a tag points at (HEAD: not counted by Docker Hub's pull limit), if the registry says."""
@@ -129,7 +127,7 @@ class Registry:
                     chunks, n = batch, pending
                     batch, pending = [], 0
                     # no join: each chunk is written and hashed with the GIL released
-                    await asyncio.get_running_loop().run_in_executor(HASHERS, writer.write, *chunks)
+                    await asyncio.get_running_loop().run_in_executor(self.hashers, writer.write, *chunks)
                     if on_bytes:
                         on_bytes(n)
             try:

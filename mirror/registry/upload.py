@@ -13,7 +13,6 @@ from ..core.oci import ACCEPT
 from ..core.reference import join_ref
 from .transport import Transport
 
-READERS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="imgmirror-read")
 READ_CHUNK = 2 << 20       # fewer hand-offs to the reader threads, with bounded memory
 MIN_CHUNK = 64 * 1024
 
@@ -38,16 +37,17 @@ def with_query(location: str, **params: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
 
 
-async def _stream(source: BlobSource, digest: str, start: int = 0, length: int | None = None):
+async def _stream(source: BlobSource, digest: str, start: int = 0, length: int | None = None,
+                  readers: concurrent.futures.Executor | None = None):
     """The bytes [start, start+length) of a blob, read in a worker thread, as an async iterator."""
     loop = asyncio.get_running_loop()
-    fh = await loop.run_in_executor(READERS, source.open_blob, digest)
+    fh = await loop.run_in_executor(readers, source.open_blob, digest)
     try:
         if start:
-            await loop.run_in_executor(READERS, fh.seek, start)
+            await loop.run_in_executor(readers, fh.seek, start)
         left = source.size(digest) - start if length is None else length
         while left > 0:
-            chunk = await loop.run_in_executor(READERS, fh.read, min(READ_CHUNK, left))
+            chunk = await loop.run_in_executor(readers, fh.read, min(READ_CHUNK, left))
             if not chunk:
                 raise RegistryError(f"blob {digest}: source ended {left} bytes early")
             left -= len(chunk)
@@ -59,8 +59,9 @@ async def _stream(source: BlobSource, digest: str, start: int = 0, length: int |
 class Uploader:
     """Push blobs and manifests to one registry host through a Transport."""
 
-    def __init__(self, transport: Transport):
+    def __init__(self, transport: Transport, readers: concurrent.futures.Executor | None = None):
         self.t = transport
+        self.readers = readers      # the run's threads that read what is uploaded (None: the loop's)
         self.host = transport.settings.host
         self.body_limit: int | None = None       # learnt from a 413: bodies must stay below it
 
@@ -146,7 +147,7 @@ class Uploader:
         url = with_query(location, digest=digest) if final else location
 
         def body():
-            return _counted(_stream(source, digest, start, length), on_bytes)
+            return _counted(_stream(source, digest, start, length, self.readers), on_bytes)
         async with self.t.limit:
             resp = await self.t.open("PUT" if final else "PATCH", url, scopes=_push(repo), headers=headers,
                                      ok=(201,) if final else (202, 204), body=body, retry=False,
