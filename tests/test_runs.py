@@ -51,3 +51,24 @@ def test_two_syncs_at_once_share_nothing_and_leave_no_thread(registry, tmp_path)
         b = Bundle(tmp_path / f"b{i}.tar")
         assert b.entry(f"{registry.host}/test/run{i}:1.0")["digest"] == images[f"test/run{i}:1.0"].digest
     assert _imgmirror_threads() == before
+
+
+def test_the_output_name_is_fixed_at_the_start_of_a_run(tmp_path, monkeypatch):
+    """`output: …-{date}-{time}.tar` names one file for the whole run, even across a second."""
+    import time
+
+    from mirror.cache import Store
+    from mirror.engine.sync import Syncer, SyncOptions
+    from mirror.progress import Progress
+    from mirror.specfile import load_spec
+
+    manifest = write_manifest(tmp_path / "m.yaml", "version: 1\noutput: out/b-{date}-{time}.tar\n"
+                                                   "images: [example.com/a:1]\n")
+    ticks = iter([time.struct_time((2026, 12, 3, 23, 59, 59, 3, 337, 0)),
+                  time.struct_time((2026, 12, 4, 0, 0, 0, 4, 338, 0))])
+    monkeypatch.setattr(time, "gmtime", lambda *a: next(ticks))
+    syncer = Syncer(load_spec(manifest), Store(tmp_path / "c"), SyncOptions(), Progress())
+    try:
+        assert syncer.output_path() == syncer.output_path() == str(tmp_path / "out" / "b-20261203-235959.tar")
+    finally:
+        syncer.ctx.close()

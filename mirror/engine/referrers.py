@@ -33,8 +33,8 @@ from urllib.parse import urljoin
 import aiohttp
 
 from ..errors import RegistryError, TransientError, UnsupportedManifestError
-from ..core.oci import ACCEPT, MANIFEST_TYPES, OCI_INDEX, Descriptor, digest_hex
-from ..registry.client import Registry, _next_link, _pull
+from ..core.oci import MANIFEST_TYPES, OCI_INDEX, Descriptor, digest_hex
+from ..registry.client import Registry, head_manifest, _next_link, _pull
 
 COSIGN_SUFFIXES = (".sig", ".att", ".sbom")
 MAX_REFERRER_PAGES = 1000            # a referrers list that never ends stops here
@@ -75,12 +75,7 @@ async def discover(reg: Registry, repo: str, digest: str) -> list[str]:
 
 async def tag_exists(reg: Registry, repo: str, tag: str) -> bool:
     """True when `repo:tag` is a manifest (HEAD 200), False on 404; other answers raise."""
-    async with reg.t.limit:
-        resp = await reg.t.open("HEAD", f"/v2/{repo}/manifests/{tag}", scopes=_pull(repo),
-                                headers={"Accept": ACCEPT}, ok=(200, 404),
-                                what=f"manifest {reg.host}/{repo}:{tag}")
-        resp.release()
-    return resp.status == 200
+    return (await head_manifest(reg.t, repo, tag, _pull(repo), missing_ok=True))[0]
 
 
 async def referrers_api(reg: Registry, repo: str, digest: str) -> list[Descriptor] | None:

@@ -95,6 +95,7 @@ class Syncer:
     def __init__(self, spec: MirrorSpec, store: Store, opts: SyncOptions, progress: Progress):
         self.spec, self.store, self.opts, self.progress = spec, store, opts, progress
         self.ctx = RunContext()       # this run's threads; closed at the end of run()
+        self.clock = time.gmtime()    # {date} and {time} in output: are this moment, once
         self.jobs = asyncio.Semaphore(opts.jobs or spec.concurrency)
         self.registries: dict[str, Registry] = {}
         self.inflight: dict[str, asyncio.Future] = {}
@@ -465,7 +466,7 @@ class Syncer:
     def output_path(self) -> str:
         if self.opts.output:
             return self.opts.output
-        now = time.gmtime()
+        now = self.clock     # the run's start: every call names the same file
         path = self.spec.output.replace("{date}", time.strftime("%Y%m%d", now)) \
             .replace("{time}", time.strftime("%H%M%S", now))
         path = os.path.expanduser(path)

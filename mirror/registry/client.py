@@ -23,6 +23,22 @@ def _pull(repo: str) -> frozenset:
     return frozenset({f"repository:{repo}:pull"})
 
 
+async def head_manifest(t: Transport, repo: str, ref: str, scopes: frozenset,
+                        missing_ok: bool = False) -> tuple[bool, str | None]:
+    """HEAD a manifest by tag or digest (Docker Hub does not count a HEAD against its pull
+    limit): (there, its digest if the registry gives Docker-Content-Digest). A 404 is
+    (False, None) when `missing_ok`, else NotFoundError. The one HEAD of a manifest: resolving,
+    referrers' tags and push's checks all use it."""
+    async with t.limit:
+        resp = await t.open("HEAD", f"/v2/{repo}/manifests/{ref}", scopes=scopes, headers={"Accept": ACCEPT},
+                            ok=(200, 404) if missing_ok else (200,),
+                            what=f"manifest {join_ref(f'{t.settings.host}/{repo}', ref)}")
+        resp.release()
+    if resp.status == 404:
+        return False, None
+    return True, resp.headers.get("Docker-Content-Digest")
+
+
 class Registry:
     """Read manifests, tags and blobs from one registry host through a Transport."""
 
@@ -32,12 +48,8 @@ class Registry:
         self.hashers = hashers      # the run's threads that hash and write downloads (None: the loop's)
 
     async def head_manifest(self, repo: str, ref: str) -> str | None:
-        """The digest a tag points at (HEAD: not counted by Docker Hub's pull limit), if the registry says."""
-        async with self.t.limit:
-            resp = await self.t.open("HEAD", f"/v2/{repo}/manifests/{ref}", scopes=_pull(repo),
-                                     headers={"Accept": ACCEPT}, what=f"manifest {join_ref(f'{self.host}/{repo}', ref)}")
-            resp.release()
-        return resp.headers.get("Docker-Content-Digest")
+        """The digest a tag points at, if the registry says (a 404 is NotFoundError)."""
+        return (await head_manifest(self.t, repo, ref, _pull(repo)))[1]
 
     async def get_manifest(self, repo: str, ref: str) -> tuple[bytes, str]:
         """The exact manifest bytes and their Content-Type."""

@@ -9,8 +9,8 @@ from typing import Protocol
 from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 
 from ..errors import RegistryError
-from ..core.oci import ACCEPT
 from ..core.reference import join_ref
+from .client import head_manifest
 from .transport import Transport
 
 READ_CHUNK = 2 << 20       # fewer hand-offs to the reader threads, with bounded memory
@@ -75,12 +75,8 @@ class Uploader:
 
     async def manifest_digest(self, repo: str, ref: str) -> str | None:
         """The digest `repo:ref` has in the registry, or None if it has none."""
-        async with self.t.limit:
-            resp = await self.t.open("HEAD", f"/v2/{repo}/manifests/{ref}", scopes=_push(repo),
-                                     headers={"Accept": ACCEPT}, ok=(200, 404),
-                                     what=f"manifest {join_ref(f'{self.host}/{repo}', ref)}")
-            resp.release()
-        return resp.headers.get("Docker-Content-Digest") if resp.status == 200 else None
+        there, digest = await head_manifest(self.t, repo, ref, _push(repo), missing_ok=True)
+        return digest if there else None
 
     async def mount(self, repo: str, digest: str, from_repo: str) -> str | None:
         """Cross-repository mount; None when mounted, else the Location of an open upload."""
