@@ -530,7 +530,7 @@ def test_walk_guards_loops_and_depth():
 
 
 def test_reader_is_a_bundle_reader_for_push(made):
-    """What mirror/upload.py's BlobSource needs: size, open_blob (seekable), read."""
+    """What a Source (mirror/core/content.py) offers: has, size, open_blob (seekable), read."""
     with open_bundle(made["tar"]) as r:
         assert isinstance(r, BundleReader)
         digest = _base_layer(made)

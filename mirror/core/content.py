@@ -40,3 +40,18 @@ class Source(Protocol):
     def size(self, digest: str) -> int: ...
     def open_blob(self, digest: str) -> BinaryIO: ...     # a binary file limited to that blob
     def read(self, digest: str) -> bytes: ...             # small content (manifests), verified
+
+
+class Sink(Protocol):
+    """A registry as the end of a copy, one repository at a time (registry.upload.Uploader; an
+    in-memory one in tests/test_engine.py). The push engine speaks only this."""
+
+    async def blob_exists(self, repo: str, digest: str) -> bool: ...
+    async def manifest_digest(self, repo: str, ref: str) -> str | None: ...
+    async def mount(self, repo: str, digest: str, from_repo: str) -> str | None:
+        """None when mounted; else the location of the upload session the registry opened."""
+    async def cancel(self, location: str, repo: str) -> None: ...
+    async def upload(self, repo: str, digest: str, source: Source, chunk_size: int,
+                     location: str | None = None, on_bytes=None) -> None: ...
+    async def put_manifest(self, repo: str, ref: str, raw: bytes, media_type: str) -> str | None:
+        """The exact bytes under a tag or digest; the registry's digest of them, if it says."""

@@ -18,7 +18,8 @@ from ..core.units import human
 from ..progress import Progress
 from ..core.diff import Holder
 from ..core.reference import ReferenceError_, parse_reference
-from ..registry.upload import BlobSource, Uploader
+from ..registry.upload import Uploader
+from ..core.content import Sink, Source
 from .context import RunContext
 
 DEFAULT_CHUNK = 64 << 20
@@ -113,7 +114,7 @@ class _Plan:
 class Pusher:
     """Pushes a set of images from one source into one registry."""
 
-    def __init__(self, source: BlobSource, uploader: Uploader, dest: Destination, opts: PushOptions,
+    def __init__(self, source: Source, uploader: Sink, dest: Destination, opts: PushOptions,
                  progress: Progress, holders: dict[str, tuple[Holder, ...]] | None = None):
         self.source, self.up, self.dest, self.opts, self.progress = source, uploader, dest, opts, progress
         # a differential bundle's blobs expected from its base -> the base images that carried them
@@ -382,7 +383,7 @@ def _explain(exc: MirrorError, plan: _Plan) -> str:
     return message
 
 
-async def push_images(source: BlobSource, images: list[PushImage], dest: Destination, registry,
+async def push_images(source: Source, images: list[PushImage], dest: Destination, registry,
                       opts: PushOptions, progress: Progress, session=None,
                       insecure: bool = False, holders: dict | None = None,
                       ctx: RunContext | None = None) -> PushResult:

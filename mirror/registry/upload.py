@@ -1,13 +1,13 @@
 """The distribution API's write side for one registry host: blobs (monolithic, chunked, mounted)
-and manifests. Bodies are streamed from a `BlobSource`, never held whole in memory."""
+and manifests. Bodies are streamed from a `Source`, never held whole in memory."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from typing import Protocol
 from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 
+from ..core.content import Source
 from ..errors import RegistryError
 from ..core.reference import join_ref
 from .client import head_manifest
@@ -17,13 +17,6 @@ READ_CHUNK = 2 << 20       # fewer hand-offs to the reader threads, with bounded
 MIN_CHUNK = 64 * 1024
 
 
-class BlobSource(Protocol):
-    """Where pushed bytes come from: a bundle, or the cache."""
-
-    def has(self, digest: str) -> bool: ...
-    def size(self, digest: str) -> int: ...
-    def open_blob(self, digest: str): ...          # a binary file-like limited to that blob
-    def read(self, digest: str) -> bytes: ...      # small content (manifests), verified
 
 
 def _push(repo: str, *more: str) -> frozenset:
@@ -37,7 +30,7 @@ def with_query(location: str, **params: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
 
 
-async def _stream(source: BlobSource, digest: str, start: int = 0, length: int | None = None,
+async def _stream(source: Source, digest: str, start: int = 0, length: int | None = None,
                   readers: concurrent.futures.Executor | None = None):
     """The bytes [start, start+length) of a blob, read in a worker thread, as an async iterator."""
     loop = asyncio.get_running_loop()
@@ -100,7 +93,7 @@ class Uploader:
             raise RegistryError(f"{self.host}: upload answer {resp.status} without a Location")
         return urljoin(str(resp.url), loc)     # may be relative
 
-    async def upload(self, repo: str, digest: str, source: BlobSource, chunk_size: int,
+    async def upload(self, repo: str, digest: str, source: Source, chunk_size: int,
                      location: str | None = None, on_bytes=None) -> None:
         """Upload a blob: one PUT, or PATCH chunks when it is big or a proxy limits bodies."""
         size = source.size(digest)
