@@ -69,6 +69,6 @@ def test_the_output_name_is_fixed_at_the_start_of_a_run(tmp_path, monkeypatch):
     monkeypatch.setattr(time, "gmtime", lambda *a: next(ticks))
     syncer = Syncer(load_spec(manifest), Store(tmp_path / "c"), SyncOptions(), Progress())
     try:
-        assert syncer.output_path() == syncer.output_path() == str(tmp_path / "out" / "b-20261203-235959.tar")
+        assert syncer.out.path() == syncer.out.path() == str(tmp_path / "out" / "b-20261203-235959.tar")
     finally:
         syncer.ctx.close()

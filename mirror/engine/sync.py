@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import aiohttp
 
-from ..bundle.writer import BundleContent, BundleImage, LoadEntry, TarWriter, blob_order, write_dir
-from ..core.diff import ANN_BASE, ANN_EXPECTED, Base, add_holder, expected_doc, holders_json
+from ..bundle.writer import TarWriter, blob_order
+from ..core.diff import Base
 from ..errors import BundleError, MirrorError
-from ..core.oci import Descriptor, image_platform, sha256_digest
-from ..core.platform import Platform, from_oci, matches, parse_platform
+from ..core.oci import Descriptor, image_platform
+from ..core.platform import Platform, from_oci
 from ..core.units import human
 from ..progress import Progress
 from ..core.reference import Reference
@@ -25,11 +23,12 @@ from ..core.selection import select_tags
 from ..core.spec import ImageSpec, MirrorSpec, RegistryConfig
 from .referrers import discover
 from .context import RunContext
+from .fetch import Fetcher
+from .output import BundleOutput
 from .push import Destination, PushImage, PushOptions, PushResult, push_images
 from ..cache import Store, StoreSource
 from ..registry.transport import transport_for
 
-DEFAULT_LOAD_PLATFORM = parse_platform("linux/amd64")
 
 
 @dataclass
@@ -94,16 +93,10 @@ class Syncer:
 
     def __init__(self, spec: MirrorSpec, store: Store, opts: SyncOptions, progress: Progress):
         self.spec, self.store, self.opts, self.progress = spec, store, opts, progress
-        self.ctx = RunContext()       # this run's threads; closed at the end of run()
-        self.clock = time.gmtime()    # {date} and {time} in output: are this moment, once
-        self.jobs = asyncio.Semaphore(opts.jobs or spec.concurrency)
         self.registries: dict[str, Registry] = {}
-        self.inflight: dict[str, asyncio.Future] = {}
-        self.fetched: set[str] = set()      # digests downloaded (and verified) by this run
-        self.started: dict[str, asyncio.Future] = {}   # digest -> its BlobWriter, once under way
-        self.excluded: set[str] = set()     # --since: blobs the base bundle carried
-        self.expected_blob: tuple[str, int] | None = None   # --since: (digest, size) of that list
-        self.downloaded = 0
+        self.ctx = RunContext()       # this run's threads; closed at the end of run()
+        self.fetcher = Fetcher(store, opts.jobs or spec.concurrency, progress)
+        self.out = BundleOutput(spec, opts, store, self.ctx)
 
     def registry(self, session: aiohttp.ClientSession, ref: Reference) -> Registry:
         """One Registry (one transport, one token cache, one host semaphore) per host."""
@@ -140,7 +133,7 @@ class Syncer:
             live = [it for it in items if it.res is not None]
             tasks: list[asyncio.Future] = []
             try:
-                self.plan_differential(live)
+                self.out.plan_differential(live)
                 if live and not self.opts.dry_run:
                     # 2. Fetch every missing blob once; write the tar in digest order meanwhile.
                     missing = self.missing(live)
@@ -149,11 +142,11 @@ class Syncer:
                     # the writer keeps pace with them (the semaphore lets them go first-come).
                     for digest in blob_order({d: desc.size for d, (desc, _) in missing.items()}):
                         desc, it = missing[digest]
-                        self.blob(it.reg, it.res.ref.repository, desc)
+                        self.fetcher.blob(it.reg, it.res.ref.repository, desc)
                     tasks = [asyncio.ensure_future(self.fetch_one(it)) for it in live]
-                    if self.wants_bundle() and not self.dir_output():
-                        writer = TarWriter(Path(self.output_path()), split=self.opts.split)
-                        tasks.append(asyncio.ensure_future(self.feed(writer, live)))
+                    if self.out.wanted() and not self.out.is_dir():
+                        writer = TarWriter(Path(self.out.path()), split=self.opts.split)
+                        tasks.append(asyncio.ensure_future(self.out.feed(writer, live, self.fetcher)))
                     for fut in asyncio.as_completed(tasks):
                         await fut
                         self.fail_fast_check(items)
@@ -163,7 +156,7 @@ class Syncer:
                 if self.opts.push_to and not self.opts.dry_run:
                     pushed = await self.push([it for it in items if it.report.status == "ok"], session)
             except BaseException:
-                everything = tasks + list(self.inflight.values())
+                everything = tasks + list(self.fetcher.inflight.values())
                 for t in everything:
                     t.cancel()
                 await asyncio.gather(*everything, return_exceptions=True)
@@ -173,9 +166,9 @@ class Syncer:
         reports = [it.report for it in items]
         ok_items = [it for it in items if it.report.status == "ok"]
         bundle, bundle_error = None, None
-        if ok_items and not self.opts.dry_run and self.wants_bundle():
+        if ok_items and not self.opts.dry_run and self.out.wanted():
             try:
-                bundle = self.write_bundle([it.res for it in ok_items], writer)
+                bundle = self.out.write([it.res for it in ok_items], writer)
             except BundleError as exc:    # the disk filled up, say: still report what happened
                 bundle_error = str(exc)
                 if writer:
@@ -186,16 +179,12 @@ class Syncer:
         unique = {d: size for it in ok_items for d, size in it.res.sizes().items()}
         totals = {"images": len(reports), "ok": ok, "failed": len(reports) - ok,
                   "blobs": len(unique), "bytes": sum(unique.values()),
-                  "downloaded_bytes": self.downloaded, "seconds": round(time.monotonic() - started, 3)}
+                  "downloaded_bytes": self.fetcher.downloaded, "seconds": round(time.monotonic() - started, 3)}
         if pushed:
             totals["failed_pushes"] = pushed.totals["failed"]
         if bundle_error:
             totals["bundle_error"] = bundle_error
         return SyncResult(reports, bundle, totals, pushed)
-
-    def wants_bundle(self) -> bool:
-        """A bundle is written unless the images go straight to a registry (sync --to without -o)."""
-        return not self.opts.push_to or bool(self.opts.output)
 
     async def push(self, items: list[Item], session) -> PushResult:
         """sync --to: push what was just mirrored, from the cache, into the destination registry."""
@@ -245,26 +234,9 @@ class Syncer:
         out: dict[str, tuple[Descriptor, Item]] = {}
         for it in items:
             for d, desc in it.res.blobs.items():
-                if d not in out and d not in self.excluded and not self.store.has(d):
+                if d not in out and d not in self.out.excluded and not self.store.has(d):
                     out[d] = (desc, it)
         return out
-
-    def plan_differential(self, items: list[Item]) -> None:
-        """--since: leave out the blobs the base carried (manifests always travel), and record
-        which ones this bundle expects from it."""
-        base = self.opts.since
-        if base is None or not items:
-            return
-        manifests = {d for it in items for d in it.res.manifests}
-        self.excluded = set(base.carried) - manifests
-        expected = {d: size for it in items for d, size in it.res.sizes().items() if d in self.excluded}
-        doc = expected_doc(base, expected)
-        self.expected_blob = (sha256_digest(doc), len(doc))
-        self.store.put(self.expected_blob[0], doc)
-
-    def dir_output(self) -> bool:
-        target = self.output_path()
-        return str(self.opts.output or "").endswith("/") or os.path.isdir(target)
 
     async def expand(self, session, spec: ImageSpec) -> list:
         """The references one manifest entry stands for: its tags (listed or selected) and digests."""
@@ -318,9 +290,9 @@ class Syncer:
     async def fetch_one(self, item: Item) -> None:
         """Download what one image lacks (shared downloads are joined, not repeated)."""
         res = item.res
-        missing = [d for d in res.blobs.values() if not self.store.has(d.digest) and d.digest not in self.excluded]
+        missing = [d for d in res.blobs.values() if not self.store.has(d.digest) and d.digest not in self.out.excluded]
         # Wait for every blob even after one failed: what did arrive is kept for next time.
-        results = await asyncio.gather(*(self.blob(item.reg, res.ref.repository, d) for d in missing),
+        results = await asyncio.gather(*(self.fetcher.blob(item.reg, res.ref.repository, d) for d in missing),
                                        return_exceptions=True)
         for desc, r in zip(missing, results, strict=True):
             if isinstance(r, MirrorError):
@@ -348,129 +320,9 @@ class Syncer:
         item.report.seconds = round(time.monotonic() - item.started, 3)
         self.progress.image_done(item.report.reference, False, error)
 
-    async def feed(self, writer: TarWriter, items: list[Item]) -> None:
-        """Write every blob into the tar in `blob_order`: one still downloading is followed as
-        its bytes land, so the tar is finished moments after the last download."""
-        needed_by: dict[str, list[Item]] = {}
-        for it in items:
-            for d in it.res.sizes():
-                needed_by.setdefault(d, []).append(it)
-        sizes = {d: size for it in items for d, size in it.res.sizes().items() if d not in self.excluded}
-        if self.expected_blob:
-            sizes[self.expected_blob[0]] = self.expected_blob[1]
-            needed_by[self.expected_blob[0]] = [it for it in items]
-        run = asyncio.get_running_loop().run_in_executor
-        for digest in blob_order(sizes):
-            if all(it.report.status == "failed" for it in needed_by[digest]):
-                continue              # only failed images want it (blobs of images failing later stay)
-            started = self.started.get(digest)
-            blob_writer = await started if started is not None else None
-            if blob_writer is not None:
-                # False when the download failed: the tar is left as it was, and fetch_one
-                # reports the images that needed the blob.
-                await run(self.ctx.tar, writer.add_following, blob_writer.follow())
-                continue
-            fut = self.inflight.get(digest)
-            if fut is not None:
-                try:
-                    await asyncio.shield(fut)
-                except (MirrorError, OSError):
-                    continue
-            # Blobs fetched in this run were verified moments ago; older cache entries are
-            # hashed again on the way, so a disk that changed them cannot slip into a bundle.
-            await run(self.ctx.tar, writer.add_blob, self.store, digest, digest not in self.fetched)
-
-    def blob(self, reg: Registry, repo: str, desc: Descriptor) -> asyncio.Future:
-        """The one download of a digest, shared by every image that needs it."""
-        fut = self.inflight.get(desc.digest)
-        if fut is None:
-            # resolved with the BlobWriter when the transfer begins (None if it never does)
-            self.started[desc.digest] = asyncio.get_running_loop().create_future()
-            fut = asyncio.ensure_future(self._download(reg, repo, desc))
-            self.inflight[desc.digest] = fut
-        # shield: one image failing or being cancelled must not cancel a download others await
-        return asyncio.shield(fut)
-
-    async def _download(self, reg: Registry, repo: str, desc: Descriptor) -> None:
-        started = self.started[desc.digest]
-        try:
-            if self.store.has(desc.digest):
-                return
-            async with self.jobs:
-                def on_bytes(n: int) -> None:
-                    self.downloaded += n
-                    self.progress.advance(n)
-                await reg.fetch_blob(repo, desc, self.store, on_bytes, on_start=started.set_result)
-                self.fetched.add(desc.digest)
-        finally:
-            if not started.done():
-                started.set_result(None)
-
-    # --- the bundle -----------------------------------------------------------------------
-    def write_bundle(self, resolved: list[Resolved], writer: TarWriter | None) -> dict:
-        """Finish the tar (its blobs are written already) or write the layout directory."""
-        content = BundleContent()
-        load_platform = self.spec.load_platform or DEFAULT_LOAD_PLATFORM
-        for res in resolved:
-            content.blobs.update({d: n for d, n in res.sizes().items() if d not in self.excluded})
-            content.images.append(BundleImage(
-                ref_name=res.name, descriptor=res.top, source_digest=res.source_digest, target=res.target,
-                load=self.load_entry(res, load_platform) if res.ref.tag else None, tag=res.ref.tag))
-        carried = set(content.blobs)
-        holders: dict = {}        # blob -> the images' repositories (and targets) carrying it
-        for res in resolved:
-            for d in res.blobs:
-                if d not in self.excluded:
-                    add_holder(holders, d, (res.ref.name, res.target))
-        if self.expected_blob:
-            digest, size = self.expected_blob
-            content.blobs[digest] = size
-            content.annotations = {ANN_BASE: self.opts.since.index_sha256, ANN_EXPECTED: digest}
-            expected = {b["digest"] for b in json.loads(self.store.read(digest))["blobs"]}
-            carried |= expected
-            holders.update({d: self.opts.since.holders[d] for d in expected if d in self.opts.since.holders})
-        summary = {"images": len(content.images), "blobs": len(content.blobs),
-                   # what a later --since needs from this bundle: the sha256 of its index.json,
-                   # every digest it holds or expects from its own base, and where each blob was
-                   # carried (so a differential push can mount it from there)
-                   "index_sha256": sha256_digest(content.index_json()), "carried": sorted(carried),
-                   "carried_by": {d: holders_json(holders[d]) for d in sorted(holders)}}
-        if writer is None:
-            target = Path(self.output_path())
-            write_dir(target, self.store, content)
-            return {"path": str(target), "format": "directory", **summary}
-        size, sha = writer.finish(content)
-        out = {"path": str(writer.target), "format": "tar", "size": size, "sha256": sha, **summary}
-        if writer.parts:          # --split: [{path, size, sha256}] of every part, in order
-            out["parts"] = writer.parts
-            out["sha256sums"] = str(writer.sums_path)
-        return out
-
-    def load_entry(self, res: Resolved, wanted: Platform) -> LoadEntry | None:
-        """The docker-load view of an image for one platform, if it has it (Linux only)."""
-        for platform, m in res.images:
-            if platform is None or platform.os != "linux" or not matches(wanted, platform):
-                continue
-            layers = tuple(d.digest for d in m.layers)
-            # docker load needs every layer in the tar: not so in a differential bundle
-            if m.config and all(d in res.blobs and d not in self.excluded for d in (*layers, m.config.digest)):
-                return LoadEntry(config=m.config.digest, layers=layers)
-        return None
-
     def config_platform(self, m) -> Platform | None:
         """The platform an image's config declares, when the config is in the cache."""
         if m.config and self.store.has(m.config.digest):
             return from_oci(image_platform(self.store.read(m.config.digest)))
         return None
 
-    def output_path(self) -> str:
-        if self.opts.output:
-            return self.opts.output
-        now = self.clock     # the run's start: every call names the same file
-        path = self.spec.output.replace("{date}", time.strftime("%Y%m%d", now)) \
-            .replace("{time}", time.strftime("%H%M%S", now))
-        path = os.path.expanduser(path)
-        # Relative to the manifest, so a cron job's working directory does not matter.
-        if not os.path.isabs(path):
-            path = os.path.join(os.path.dirname(os.path.abspath(self.spec.path)), path)
-        return os.path.normpath(path)
