@@ -71,3 +71,16 @@ def test_imports_point_downward(path):
         assert target in LAYER, f"{path}: imports {target}, which has no layer in this test"
         assert LAYER[target] < LAYER[me] or (me, target) in SIDEWAYS, \
             f"{path.relative_to(PKG)} ({me}, layer {LAYER[me]}) imports {target} (layer {LAYER[target]})"
+
+
+def test_aiohttp_is_spoken_only_at_the_network_boundary():
+    """Errors from aiohttp are mapped once, in registry/ (and serve.py is an aiohttp app): no
+    other module imports it, so none can catch or leak its exceptions."""
+    users = set()
+    for path in PKG.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n == "aiohttp" or n.startswith("aiohttp.") for n in names):
+                users.add(str(path.relative_to(PKG)))
+    assert users and {u for u in users if not (u.startswith("registry/") or u == "serve.py")} == set()

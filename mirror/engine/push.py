@@ -390,13 +390,10 @@ async def push_images(source: Source, images: list[PushImage], dest: Destination
     """Push `images` from `source` to `dest`; `registry` is the destination's RegistryConfig;
     `holders`: where a differential bundle's base carried the blobs it lacks (diff.expected_holders);
     `session` and `ctx`: the run's, when push is part of a sync (else its own, closed at the end)."""
-    import aiohttp
-
-    from ..registry.transport import transport_for
+    from ..registry.transport import new_session, transport_for
     own_session, own_ctx = session is None, ctx is None
     if own_session:
-        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), auto_decompress=False,
-                                        trust_env=False)
+        session = new_session()
     ctx = ctx or RunContext()
     try:
         uploader = Uploader(transport_for(session, dest.host, registry, opts.jobs, insecure), readers=ctx.readers)

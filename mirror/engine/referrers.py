@@ -30,11 +30,10 @@ import asyncio
 import json
 from urllib.parse import urljoin
 
-import aiohttp
-
-from ..errors import RegistryError, TransientError, UnsupportedManifestError
+from ..errors import RegistryError, UnsupportedManifestError
 from ..core.oci import MANIFEST_TYPES, OCI_INDEX, Descriptor, digest_hex
-from ..registry.client import Registry, head_manifest, _next_link, _pull
+from ..registry.client import Registry, _next_link, _pull, head_manifest
+from ..registry.transport import read_capped
 
 COSIGN_SUFFIXES = (".sig", ".att", ".sbom")
 MAX_REFERRER_PAGES = 1000            # a referrers list that never ends stops here
@@ -88,16 +87,20 @@ async def referrers_api(reg: Registry, repo: str, digest: str) -> list[Descripto
     url = f"/v2/{repo}/referrers/{digest}"
     what = f"referrers of {reg.host}/{repo}@{digest}"
     found: list[Descriptor] = []
+    async def fetch(url: str, first: bool):
+        resp = await reg.t.open("GET", url, scopes=_pull(repo), headers={"Accept": OCI_INDEX},
+                                ok=(200, *_NO_API) if first else (200,), what=what, retry=False)
+        async with resp:
+            if resp.status != 200:
+                return None
+            return (await read_capped(resp, MAX_REFERRERS_BYTES, what), resp.headers.get("Link", ""),
+                    str(resp.url))
     for page in range(MAX_REFERRER_PAGES):
         async with reg.t.limit:
-            resp = await reg.t.open("GET", url, scopes=_pull(repo), headers={"Accept": OCI_INDEX},
-                                    ok=(200, *_NO_API) if page == 0 else (200,), what=what)
-            async with resp:
-                if resp.status != 200:
-                    return None
-                raw = await _read_capped(resp, what)
-                link = resp.headers.get("Link", "")
-                base = str(resp.url)
+            got = await reg.t.retrying(lambda u=url, first=page == 0: fetch(u, first))
+        if got is None:
+            return None
+        raw, link, base = got
         found.extend(_parse_page(raw, what))
         nxt = _next_link(link)
         if not nxt:
@@ -106,17 +109,6 @@ async def referrers_api(reg: Registry, repo: str, digest: str) -> list[Descripto
     raise RegistryError(f"{what}: more than {MAX_REFERRER_PAGES} pages; refused")
 
 
-async def _read_capped(resp, what: str) -> bytes:
-    raw = b""
-    try:
-        while len(raw) <= MAX_REFERRERS_BYTES:
-            more = await resp.content.read(MAX_REFERRERS_BYTES + 1 - len(raw))
-            if not more:
-                return raw
-            raw += more
-    except (TimeoutError, aiohttp.ClientError) as exc:
-        raise TransientError(f"{what}: connection lost ({exc.__class__.__name__})") from None
-    raise RegistryError(f"{what}: a page larger than {MAX_REFERRERS_BYTES} bytes; refused")
 
 
 def _parse_page(raw: bytes, what: str) -> list[Descriptor]:

@@ -7,8 +7,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import aiohttp
-
 from ..bundle.writer import TarWriter, blob_order
 from ..core.diff import Base
 from ..errors import BundleError, MirrorError
@@ -27,7 +25,7 @@ from .fetch import Fetcher
 from .output import BundleOutput
 from .push import Destination, PushImage, PushOptions, PushResult, push_images
 from ..cache import Store, StoreSource
-from ..registry.transport import transport_for
+from ..registry.transport import new_session, transport_for
 
 
 
@@ -98,7 +96,7 @@ class Syncer:
         self.fetcher = Fetcher(store, opts.jobs or spec.concurrency, progress)
         self.out = BundleOutput(spec, opts, store, self.ctx)
 
-    def registry(self, session: aiohttp.ClientSession, ref: Reference) -> Registry:
+    def registry(self, session, ref: Reference) -> Registry:
         """One Registry (one transport, one token cache, one host semaphore) per host."""
         host = ref.registry
         if host not in self.registries:
@@ -117,11 +115,9 @@ class Syncer:
 
     async def _run(self) -> SyncResult:
         started = time.monotonic()
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
         writer: TarWriter | None = None
         pushed: PushResult | None = None
-        async with aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                         trust_env=False) as session:
+        async with new_session() as session:
             refs_per_spec = await asyncio.gather(*(self.expand(session, s) for s in self.spec.images))
             work = [(s, r) for s, rs in zip(self.spec.images, refs_per_spec, strict=True) for r in rs]
             self.progress.images_total(len(work))

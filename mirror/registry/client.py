@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import concurrent.futures
 from urllib.parse import urljoin
 
@@ -12,10 +13,11 @@ from ..errors import RegistryError, TransientError
 from ..core.oci import ACCEPT, Descriptor
 from ..core.reference import join_ref
 from ..cache import Store
-from .transport import Transport, redact_url
+from .transport import Transport, read_capped, redact_url
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024    # distribution's own limit
 MAX_TAG_PAGES = 10_000                  # a tag list that never ends stops here
+MAX_TAG_PAGE_BYTES = 16 * 1024 * 1024    # one page of a tag list (10,000 tags are about 200 KB)
 CHUNK = 1 << 20
 
 
@@ -58,41 +60,34 @@ class Registry:
             resp = await self.t.open("GET", f"/v2/{repo}/manifests/{ref}", scopes=_pull(repo),
                                      headers={"Accept": ACCEPT}, what=what, retry=False)
             async with resp:
-                try:
-                    raw = await resp.content.read(MAX_MANIFEST_BYTES + 1)
-                    if len(raw) > MAX_MANIFEST_BYTES:
-                        raise RegistryError(f"{what}: larger than {MAX_MANIFEST_BYTES} bytes; refused")
-                    # content.read(n) may return less than n before EOF: read the rest.
-                    while not resp.content.at_eof():
-                        more = await resp.content.read(MAX_MANIFEST_BYTES + 1 - len(raw))
-                        if not more:
-                            break
-                        raw += more
-                        if len(raw) > MAX_MANIFEST_BYTES:
-                            raise RegistryError(f"{what}: larger than {MAX_MANIFEST_BYTES} bytes; refused")
-                except (TimeoutError, aiohttp.ClientError) as exc:
-                    raise TransientError(f"{what}: connection lost ({exc.__class__.__name__})") from None
-                return raw, resp.headers.get("Content-Type", "")
+                return await read_capped(resp, MAX_MANIFEST_BYTES, what), resp.headers.get("Content-Type", "")
         async with self.t.limit:
             return await self.t.retrying(attempt)
 
     async def list_tags(self, repo: str, page_size: int = 1000) -> list[str]:
         """Every tag of a repository, following `Link: <…>; rel="next"` to the end."""
         url = f"/v2/{repo}/tags/list?n={page_size}"
+        what = f"tag list of {self.host}/{repo}"
         tags: list[str] = []
+
+        async def page(url: str) -> tuple[bytes, str, str]:
+            resp = await self.t.open("GET", url, scopes=_pull(repo), what=what, retry=False)
+            async with resp:
+                return await read_capped(resp, MAX_TAG_PAGE_BYTES, what), resp.headers.get("Link", ""), str(resp.url)
         for _ in range(MAX_TAG_PAGES):
             async with self.t.limit:
-                resp = await self.t.open("GET", url, scopes=_pull(repo), what=f"tag list of {self.host}/{repo}")
-                async with resp:
-                    data = await resp.json(content_type=None)
-                    link = resp.headers.get("Link", "")
-                    base = str(resp.url)
-            tags.extend(t for t in (data or {}).get("tags") or [] if isinstance(t, str))
+                raw, link, base = await self.t.retrying(lambda u=url: page(u))
+            try:
+                data = json.loads(raw)
+            except (ValueError, UnicodeDecodeError, RecursionError):
+                raise RegistryError(f"{what}: the answer is not JSON") from None
+            found = data.get("tags") if isinstance(data, dict) else None
+            tags.extend(t for t in found or [] if isinstance(t, str))
             nxt = _next_link(link)
             if not nxt:
                 return tags
             url = urljoin(base, nxt)
-        raise RegistryError(f"tag list of {self.host}/{repo}: more than {MAX_TAG_PAGES} pages; refused")
+        raise RegistryError(f"{what}: more than {MAX_TAG_PAGES} pages; refused")
 
     async def fetch_blob(self, repo: str, desc: Descriptor, store: Store, on_bytes=None,
                          on_start=None) -> None:

@@ -371,6 +371,31 @@ def describe_errors(errors: tuple[dict, ...]) -> str:
     return "; ".join(parts)
 
 
+def new_session() -> aiohttp.ClientSession:
+    """A run's HTTP session: no connection cap of aiohttp's own (the transport's per-host limit
+    bounds requests), bodies as received (never decompressed: digests are of the bytes sent),
+    proxies read once per host by the Transport rather than per request."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
+                                 auto_decompress=False, trust_env=False)
+
+
+async def read_capped(resp: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
+    """A response body of at most `limit` bytes, exactly as received. Longer is refused
+    (RegistryError); a connection lost on the way is a TransientError (the caller's operation,
+    under `Transport.retrying`, is then tried again)."""
+    raw = b""
+    try:
+        # content.read(n) may return less than n before EOF: read until EOF or past the limit.
+        while len(raw) <= limit:
+            more = await resp.content.read(limit + 1 - len(raw))
+            if not more:
+                return raw
+            raw += more
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise TransientError(f"{what}: connection lost ({exc.__class__.__name__})") from None
+    raise RegistryError(f"{what}: larger than {limit} bytes; refused")
+
+
 def transport_for(session: aiohttp.ClientSession, host: str, cfg, default_concurrency: int,
                   insecure: bool = False) -> Transport:
     """A Transport for `host` (as written in references) with its RegistryConfig and credentials."""
