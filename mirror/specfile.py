@@ -29,6 +29,15 @@ _FILTER_KEYS = {"include", "exclude", "semver", "latest"}
 _NULL = "tag:yaml.org,2002:null"
 
 
+def beside(manifest: str | os.PathLike, path: str) -> str:
+    """A path written in mirror.yaml (output, cache, ca_file): `~` expanded, and a relative one
+    taken relative to the manifest's directory, so a cron job's working directory never matters."""
+    path = os.path.expanduser(path)
+    if not os.path.isabs(path):
+        path = os.path.join(os.path.dirname(os.path.abspath(manifest)), path)
+    return os.path.normpath(path)
+
+
 def load_spec(path: str | os.PathLike, env: dict[str, str] | None = None) -> MirrorSpec:
     """Read and validate a mirror.yaml file."""
     name = str(path)
@@ -221,9 +230,8 @@ class _Reader:
                 given, missing = ("username", "password") if "username" in kw else ("password", "username")
                 self.fail(fields[given][0], path, f"{given} without {missing}; give both, or neither "
                           "to use docker's credentials")
-            if "ca_file" in kw:   # relative to the manifest, like output and cache
-                kw["ca_file"] = os.path.join(os.path.dirname(os.path.abspath(self.name)),
-                                             os.path.expanduser(kw["ca_file"]))
+            if "ca_file" in kw:
+                kw["ca_file"] = beside(self.name, kw["ca_file"])
             if "ca_file" in kw and not os.path.isfile(ca_file := kw["ca_file"]):
                 problem = "is a directory" if os.path.isdir(ca_file) else "does not exist"
                 self.fail(fields["ca_file"][1], fields["ca_file"][2], f"file {kw['ca_file']!r} {problem}; "

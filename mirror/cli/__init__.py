@@ -22,7 +22,7 @@ from ..core.diff import expected_holders
 from ..core.oci import ANN_TARGET
 from ..engine.push import Destination, PushImage, PushOptions, push_images
 from ..core.spec import RegistryConfig
-from ..specfile import load_spec
+from ..specfile import beside, load_spec
 from ..cache import Store, default_cache_dir
 from .serve import add_parser as add_serve_command
 from .bundle import add_extract_parser as add_extract_command
@@ -127,9 +127,7 @@ def cmd_sync(args) -> int:
     if split and args.output and (args.output.endswith("/") or os.path.isdir(args.output)):
         raise UsageError("--split applies to a bundle tar, not to a layout directory")
     spec = load_spec(args.manifest)      # validation before any network request
-    cache = args.cache or spec.cache
-    if cache and not args.cache and not os.path.isabs(os.path.expanduser(cache)):
-        cache = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(args.manifest)), cache))
+    cache = args.cache or (beside(args.manifest, spec.cache) if spec.cache else None)
     store = Store(cache or default_cache_dir())
     verbosity = -1 if args.quiet else args.verbose
     progress = make_progress(args.progress, verbosity)

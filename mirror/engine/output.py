@@ -17,6 +17,7 @@ from ..core.oci import sha256_digest
 from ..core.platform import Platform, matches, parse_platform
 from ..core.spec import MirrorSpec
 from ..errors import MirrorError
+from ..specfile import beside
 from .context import RunContext
 from .fetch import Fetcher
 from .resolve import Resolved
@@ -143,8 +144,4 @@ class BundleOutput:
         now = self.clock     # the run's start: every call names the same file
         path = self.spec.output.replace("{date}", time.strftime("%Y%m%d", now)) \
             .replace("{time}", time.strftime("%H%M%S", now))
-        path = os.path.expanduser(path)
-        # Relative to the manifest, so a cron job's working directory does not matter.
-        if not os.path.isabs(path):
-            path = os.path.join(os.path.dirname(os.path.abspath(self.spec.path)), path)
-        return os.path.normpath(path)
+        return beside(self.spec.path, path)
