@@ -165,7 +165,7 @@ async def test_expired_token_is_refreshed_once(registry_token, tmp_path):
         ts.lifetime = -120
         expired = ts.issue(["repository:test/private:pull"])
         ts.lifetime = 300
-        reg.t._tokens = {k: (expired, time.monotonic() + 1000) for k in reg.t._tokens}
+        reg.t.auth.tokens = {k: (expired, time.monotonic() + 1000) for k in reg.t.auth.tokens}
         ts.requests.clear()
         assert await reg.head_manifest("test/private", "1.0") == digest
         assert len(ts.requests) == 1

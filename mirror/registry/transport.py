@@ -9,12 +9,10 @@ data (which statuses, how long to wait).
 from __future__ import annotations
 
 import asyncio
-import base64
 import email.utils
 import json
 import os
 import random
-import re
 import ssl
 import time
 import urllib.request
@@ -27,13 +25,12 @@ from tenacity import (AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
 from .credentials import Credentials
 from ..errors import AuthError, NotFoundError, RegistryError, TransientError
+from .auth import Auth, parse_challenge  # noqa: F401  (parse_challenge: part of this module's API)
 from ..core.reference import is_loopback
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 MAX_RETRY_AFTER = 60.0        # never sleep longer than this on one Retry-After
 MAX_TOTAL_WAIT = 300.0        # nor retry one request for longer than this in all
-TOKEN_DEFAULT_TTL = 60        # seconds, when the token server gives no expires_in
-_PARAM_RE = re.compile(r'([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))')
 
 
 def proxy_for(url: str) -> str | None:
@@ -45,14 +42,6 @@ def proxy_for(url: str) -> str | None:
     if is_loopback(host) or urllib.request.proxy_bypass_environment(host):
         return None
     return urllib.request.getproxies_environment().get(parts.scheme)
-
-
-def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
-    """Split `Bearer realm="…",service="…",scope="a:b:pull,push"` into scheme and parameters."""
-    scheme, _, rest = header.strip().partition(" ")
-    params = {m.group(1).lower(): (m.group(2) if m.group(2) is not None else m.group(3)).replace('\\"', '"')
-              for m in _PARAM_RE.finditer(rest)}
-    return scheme.lower(), params
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -136,83 +125,7 @@ class Transport:
         self.limit = asyncio.Semaphore(settings.max_concurrency)
         self.timeout = timeout or aiohttp.ClientTimeout(total=None, connect=30, sock_read=60)
         self._may_fall_back = settings.insecure and self.base.startswith("https:")
-        self._challenge: tuple[str, dict[str, str]] | None = None
-        self._tokens: dict[frozenset, tuple[str, float]] = {}
-        self._token_locks: dict[frozenset, asyncio.Lock] = {}
-
-    # --- auth -----------------------------------------------------------------------------
-    def _basic(self) -> str:
-        c = self.credentials
-        return "Basic " + base64.b64encode(f"{c.username}:{c.password}".encode()).decode()
-
-    async def _auth_header(self, scopes: frozenset) -> str | None:
-        if self._challenge is None:
-            return None
-        scheme, params = self._challenge
-        if scheme == "basic":
-            if not self.credentials or not self.credentials.password:
-                raise AuthError(f"{self.settings.host}: the registry asks for a username and password; "
-                                "add them under registries in mirror.yaml or `docker login`", status=401)
-            return self._basic()
-        if scheme == "bearer":
-            cached = self._tokens.get(scopes)
-            if cached and cached[1] > time.monotonic():
-                return f"Bearer {cached[0]}"
-            lock = self._token_locks.setdefault(scopes, asyncio.Lock())
-            async with lock:   # many requests wanting one scope fetch one token
-                cached = self._tokens.get(scopes)
-                if not (cached and cached[1] > time.monotonic()):
-                    cached = await self._fetch_token(params, scopes)
-                    self._tokens[scopes] = cached
-            return f"Bearer {cached[0]}"
-        return None
-
-    async def _fetch_token(self, params: dict[str, str], scopes: frozenset) -> tuple[str, float]:
-        realm = params.get("realm")
-        if not realm:
-            raise AuthError(f"{self.settings.host}: Bearer challenge without a realm", status=401)
-        query = [("service", params["service"])] if params.get("service") else []
-        query += [("scope", s) for s in sorted(scopes)]
-        headers, c = {}, self.credentials
-        try:
-            if c and c.identity_token:
-                form = dict(query, grant_type="refresh_token", refresh_token=c.identity_token,
-                            client_id="imgmirror", scope=" ".join(sorted(scopes)))
-                resp = await self.session.post(realm, data=form, ssl=self.ssl, timeout=self.timeout,
-                                               proxy=proxy_for(realm))
-            else:
-                if c and c.password:
-                    headers["Authorization"] = self._basic()
-                resp = await self.session.get(realm, params=query, headers=headers, ssl=self.ssl,
-                                              proxy=proxy_for(realm),
-                                              timeout=self.timeout)
-            async with resp:
-                body = await resp.read()
-                if resp.status in (401, 403):
-                    who = "the credentials given were refused" if c else "anonymous access was refused"
-                    raise AuthError(f"{self.settings.host}: token server {redact_url(realm)}: {who} "
-                                    f"({resp.status}); check the username and password or token",
-                                    status=resp.status)
-                if resp.status in RETRY_STATUSES:
-                    raise TransientError(f"{self.settings.host}: token server answered {resp.status}",
-                                         status=resp.status,
-                                         retry_after=parse_retry_after(resp.headers.get("Retry-After")))
-                if resp.status != 200:
-                    raise AuthError(f"{self.settings.host}: token server answered {resp.status}",
-                                    status=resp.status)
-        except aiohttp.ClientError as exc:
-            raise TransientError(f"{self.settings.host}: token server {redact_url(realm)} "
-                                 f"unreachable ({exc.__class__.__name__})") from None
-        try:
-            data = json.loads(body)
-            token = data.get("token") or data.get("access_token")
-        except (ValueError, AttributeError):
-            token = None
-        if not token:
-            raise AuthError(f"{self.settings.host}: token server gave no token", status=resp.status)
-        ttl = data.get("expires_in") or TOKEN_DEFAULT_TTL
-        # Refresh a little early so a token does not expire between the check and the request.
-        return token, time.monotonic() + max(1.0, float(ttl) - 10)
+        self.auth = Auth(self)
 
     # --- requests -------------------------------------------------------------------------
     async def retrying(self, operation):
@@ -246,7 +159,7 @@ class Transport:
         full = url if url.startswith(("http://", "https://")) else self.base + url
         for auth_try in (0, 1):
             hdrs = dict(headers)
-            auth = await self._auth_header(scopes)
+            auth = await self.auth.header(scopes)
             if auth:
                 hdrs["Authorization"] = auth
             try:
@@ -272,26 +185,13 @@ class Transport:
                     raise RegistryError(self._https_hint()) from None
                 raise TransientError(f"{self.settings.host}: {method} {redact_url(full)}: "
                                      f"{exc.__class__.__name__} {exc}".strip()) from None
-            if resp.status == 401 and auth_try == 0 and self._learn_challenge(resp, auth):
+            if resp.status == 401 and auth_try == 0 and self.auth.learn(resp, auth):
                 resp.release()
                 continue
             break
         if resp.status in ok:
             return resp
         await self._raise_for(resp, method, full, what)
-
-    def _learn_challenge(self, resp, sent_auth: str | None) -> bool:
-        """Take the 401's challenge; True when a retry with (new) credentials makes sense."""
-        header = resp.headers.get("WWW-Authenticate", "")
-        if not header:
-            return False
-        challenge = parse_challenge(header)
-        first = self._challenge is None
-        self._challenge = challenge
-        if challenge[0] == "bearer" and sent_auth:
-            self._tokens.clear()   # expired or too narrow: fetch a fresh one, once
-            return True
-        return first or not sent_auth
 
     def _https_hint(self) -> str:
         return (f"{self.settings.host}: the registry speaks HTTPS, not plain HTTP; give its CA as "
