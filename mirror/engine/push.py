@@ -20,6 +20,7 @@ from ..core.diff import Holder
 from ..core.reference import ReferenceError_, parse_reference
 from ..registry.upload import Uploader
 from ..core.content import Sink, Source
+from .base_blobs import BaseBlobs
 from .context import RunContext
 
 DEFAULT_CHUNK = 64 << 20
@@ -117,10 +118,9 @@ class Pusher:
     def __init__(self, source: Source, uploader: Sink, dest: Destination, opts: PushOptions,
                  progress: Progress, holders: dict[str, tuple[Holder, ...]] | None = None):
         self.source, self.up, self.dest, self.opts, self.progress = source, uploader, dest, opts, progress
-        # a differential bundle's blobs expected from its base -> the base images that carried them
-        self.holders = holders or {}
-        self.mounts: dict[tuple[str, str], str] = {}     # (repo, digest) -> repo to mount it from
         self.jobs = asyncio.Semaphore(opts.jobs)
+        # a differential bundle's blobs expected from its base, found where the base carried them
+        self.base = BaseBlobs(uploader, dest, holders or {}, self.jobs, opts.dry_run)
         self.blob_tasks: dict[tuple[str, str], asyncio.Future] = {}
         self.holder: dict[str, asyncio.Future] = {}      # digest -> repo that has it (this run)
         self.uploaded_bytes = 0
@@ -169,7 +169,7 @@ class Pusher:
     async def run(self, images: list[PushImage]) -> PushResult:
         started = time.monotonic()
         plans = self.plan(images)
-        await self.check_lacking(plans)
+        await self.base.locate(plans)
         self.progress.images_total(len(plans))
         tasks = [asyncio.ensure_future(self.push_one(p)) for p in plans]
         try:
@@ -194,57 +194,6 @@ class Pusher:
         dest = self.dest.host + (f"/{self.dest.prefix}" if self.dest.prefix else "")
         return PushResult(list(reports), totals, dest)
 
-    async def check_lacking(self, plans: list[_Plan]) -> None:
-        """Find every blob no bundle holds (a differential bundle's, from its base) in the registry:
-        in the repository that needs it, else in the repositories the base carried it in (mapped
-        through --to and target:), else in another repository of this push that needs it too.
-        One found elsewhere is mounted with the image's blobs. Refuse before any manifest is
-        pushed if one is nowhere, naming it, the images that need it and where it was looked for."""
-        wanted = {(p.repo, d): p for p in plans for d in p.lacking}
-        if not wanted:
-            return
-        heads: dict[tuple[str, str], asyncio.Future] = {}
-        needing: dict[str, list[str]] = {}
-        for repo, d in wanted:
-            needing.setdefault(d, []).append(repo)
-
-        def head(repo: str, d: str) -> asyncio.Future:
-            if (repo, d) not in heads:
-                heads[repo, d] = asyncio.ensure_future(self.up.blob_exists(repo, d))
-            return heads[repo, d]
-
-        async def locate(repo: str, d: str) -> tuple[str | None, list[str]]:
-            candidates = [repo] + [self.dest.repository(parse_reference(name).repository, target)
-                                   for name, target in self.holders.get(d, ())] + needing[d]
-            looked: list[str] = []
-            for cand in dict.fromkeys(candidates):
-                looked.append(cand)
-                if await head(cand, d):
-                    return cand, looked
-            return None, looked
-
-        try:
-            found = await asyncio.gather(*(locate(repo, d) for repo, d in wanted))
-        finally:
-            for f in heads.values():
-                f.cancel()
-        missing: dict[str, tuple[set, set]] = {}
-        for (repo, d), (src, looked) in zip(wanted, found, strict=True):
-            if src is None:
-                refs, places = missing.setdefault(d, (set(), set()))
-                refs.add(wanted[repo, d].image.ref_name)
-                places.update(f"{self.dest.host}/{r}" for r in looked)
-            elif src != repo:
-                self.mounts[repo, d] = src
-        if missing:
-            lines = "; ".join(f"{d} (needed by {', '.join(sorted(refs))}; looked in {', '.join(sorted(places))})"
-                              for d, (refs, places) in sorted(missing.items()))
-            n = len(missing)
-            raise MirrorError(f"{n} blob{'s are' if n > 1 else ' is'} in no bundle given and not in "
-                              f"{self.dest.host}: {lines}. This is a differential bundle: push its base "
-                              "first, or give the base bundles on the same command line "
-                              "(push BASE DIFF1 DIFF2 …); nothing was pushed")
-
     async def push_one(self, plan: _Plan) -> PushReport:
         started = time.monotonic()
         top = plan.image.descriptor
@@ -256,13 +205,14 @@ class Pusher:
             if await self.up.manifest_digest(plan.repo, plan.tag or top.digest) == top.digest:
                 report.existing, report.status = len(plan.blobs), "ok"
                 return self._done(report, started)
-            mounts = [d for d in plan.lacking.values() if (plan.repo, d.digest) in self.mounts]
+            mounts = self.base.wanted(plan)
             results = await asyncio.gather(*(self.blob(plan.repo, d) for d in [*plan.blobs.values(), *mounts]),
                                            return_exceptions=True)
             for r in results:
                 if isinstance(r, BaseException):
                     raise r
-                setattr(report, r, getattr(report, r) + 1)
+            report.uploaded, report.mounted, report.existing = (
+                results.count("uploaded"), results.count("mounted"), results.count("existing"))
             report.uploaded_bytes = sum(plan.blobs[d].size for d, r in zip(plan.blobs, results[:len(plan.blobs)],
                                                                            strict=True)
                                         if r == "uploaded")     # the mounts come after plan.blobs
@@ -307,8 +257,8 @@ class Pusher:
 
     async def _blob(self, repo: str, desc: Descriptor) -> str:
         d = desc.digest
-        if (repo, d) in self.mounts:
-            return await self._mount_from_base(repo, d, self.mounts[repo, d])
+        if (repo, d) in self.base.mounts:
+            return await self.base.mount(repo, d)
         holder = self.holder.get(d)
         if holder is None:
             self.holder[d] = holder = asyncio.get_running_loop().create_future()
@@ -343,20 +293,6 @@ class Pusher:
             await self.up.upload(repo, d, self.source, self.opts.chunk_size, location=location,
                                  on_bytes=self._count)
         return "uploaded"
-
-    async def _mount_from_base(self, repo: str, d: str, from_repo: str) -> str:
-        """Mount a blob no bundle given holds from the repository it was found in."""
-        if self.opts.dry_run:
-            return "mounted"
-        async with self.jobs:
-            location = await self.up.mount(repo, d, from_repo)
-        if location is None:
-            return "mounted"
-        # 202: the registry opened an upload session instead of mounting; nothing to send into it
-        await self.up.cancel(location, repo)
-        raise MirrorError(f"{self.dest.host}/{repo}: the registry did not mount {d} from {from_repo} (it "
-                          "answered 202 instead of 201) and no bundle given holds it; give the base bundles "
-                          "on the same command line (push BASE DIFF …) so it can be uploaded")
 
     def _count(self, n: int) -> None:
         self.uploaded_bytes += n
