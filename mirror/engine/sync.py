@@ -95,6 +95,8 @@ class Syncer:
         self.ctx = RunContext()       # this run's threads; closed at the end of run()
         self.fetcher = Fetcher(store, opts.jobs or spec.concurrency, progress)
         self.out = BundleOutput(spec, opts, store, self.ctx)
+        self.writer: TarWriter | None = None        # the bundle tar, while the blobs arrive
+        self.tasks: list[asyncio.Future] = []       # per-image fetches and the tar feed
 
     def registry(self, session, ref: Reference) -> Registry:
         """One Registry (one transport, one token cache, one host semaphore) per host."""
@@ -115,62 +117,75 @@ class Syncer:
 
     async def _run(self) -> SyncResult:
         started = time.monotonic()
-        writer: TarWriter | None = None
         pushed: PushResult | None = None
         async with new_session() as session:
-            refs_per_spec = await asyncio.gather(*(self.expand(session, s) for s in self.spec.images))
-            work = [(s, r) for s, rs in zip(self.spec.images, refs_per_spec, strict=True) for r in rs]
-            self.progress.images_total(len(work))
-            # 1. Resolve every image first: manifests are small, and then the whole blob set is
-            #    known, so the bundle can be written while the blobs are still arriving.
-            items = await asyncio.gather(*(self.resolve_one(session, s, r) for s, r in work))
-            items += await self.referrers(session, items)
-            self.fail_fast_check(items)
+            items = await self._resolve_all(session)
             live = [it for it in items if it.res is not None]
-            tasks: list[asyncio.Future] = []
             try:
                 self.out.plan_differential(live)
                 if live and not self.opts.dry_run:
-                    # 2. Fetch every missing blob once; write the tar in digest order meanwhile.
-                    missing = self.missing(live)
-                    self.progress.bytes_total(sum(desc.size for desc, _ in missing.values()))
-                    # Start the downloads in the order the tar is written in (largest first), so
-                    # the writer keeps pace with them (the semaphore lets them go first-come).
-                    for digest in blob_order({d: desc.size for d, (desc, _) in missing.items()}):
-                        desc, it = missing[digest]
-                        self.fetcher.blob(it.reg, it.res.ref.repository, desc)
-                    tasks = [asyncio.ensure_future(self.fetch_one(it)) for it in live]
-                    if self.out.wanted() and not self.out.is_dir():
-                        writer = TarWriter(Path(self.out.path()), split=self.opts.split)
-                        tasks.append(asyncio.ensure_future(self.out.feed(writer, live, self.fetcher)))
-                    for fut in asyncio.as_completed(tasks):
-                        await fut
-                        self.fail_fast_check(items)
+                    await self._fetch_and_write(live, items)
                 else:
                     for it in live:
                         self.done(it)
                 if self.opts.push_to and not self.opts.dry_run:
                     pushed = await self.push([it for it in items if it.report.status == "ok"], session)
             except BaseException:
-                everything = tasks + list(self.fetcher.inflight.values())
-                for t in everything:
-                    t.cancel()
-                await asyncio.gather(*everything, return_exceptions=True)
-                if writer:
-                    writer.abort()
+                await self._abandon()
                 raise
+        return self._result(items, pushed, started)
+
+    async def _resolve_all(self, session) -> list[Item]:
+        """1. Every image resolved first: manifests are small, and then the whole blob set is
+        known, so the bundle can be written while the blobs are still arriving."""
+        refs_per_spec = await asyncio.gather(*(self.expand(session, s) for s in self.spec.images))
+        work = [(s, r) for s, rs in zip(self.spec.images, refs_per_spec, strict=True) for r in rs]
+        self.progress.images_total(len(work))
+        items = await asyncio.gather(*(self.resolve_one(session, s, r) for s, r in work))
+        items += await self.referrers(session, items)
+        self.fail_fast_check(items)
+        return items
+
+    async def _fetch_and_write(self, live: list[Item], items: list[Item]) -> None:
+        """2. Every missing blob fetched once; the tar written in its order meanwhile."""
+        missing = self.missing(live)
+        self.progress.bytes_total(sum(desc.size for desc, _ in missing.values()))
+        # Start the downloads in the order the tar is written in (largest first), so the writer
+        # keeps pace with them (the transfer limit lets them go first-come).
+        for digest in blob_order({d: desc.size for d, (desc, _) in missing.items()}):
+            desc, it = missing[digest]
+            self.fetcher.blob(it.reg, it.res.ref.repository, desc)
+        self.tasks = [asyncio.ensure_future(self.fetch_one(it)) for it in live]
+        if self.out.wanted() and not self.out.is_dir():
+            self.writer = TarWriter(Path(self.out.path()), split=self.opts.split)
+            self.tasks.append(asyncio.ensure_future(self.out.feed(self.writer, live, self.fetcher)))
+        for fut in asyncio.as_completed(self.tasks):
+            await fut
+            self.fail_fast_check(items)
+
+    async def _abandon(self) -> None:
+        """Interrupted or failed fast: every task and download cancelled, the partial tar dropped."""
+        everything = self.tasks + list(self.fetcher.inflight.values())
+        for t in everything:
+            t.cancel()
+        await asyncio.gather(*everything, return_exceptions=True)
+        if self.writer:
+            self.writer.abort()
+
+    def _result(self, items: list[Item], pushed: PushResult | None, started: float) -> SyncResult:
+        """3. The bundle finished (or dropped), and the report."""
         reports = [it.report for it in items]
         ok_items = [it for it in items if it.report.status == "ok"]
         bundle, bundle_error = None, None
         if ok_items and not self.opts.dry_run and self.out.wanted():
             try:
-                bundle = self.out.write([it.res for it in ok_items], writer)
+                bundle = self.out.write([it.res for it in ok_items], self.writer)
             except BundleError as exc:    # the disk filled up, say: still report what happened
                 bundle_error = str(exc)
-                if writer:
-                    writer.abort()
-        elif writer:
-            writer.abort()
+                if self.writer:
+                    self.writer.abort()
+        elif self.writer:
+            self.writer.abort()
         ok = len(ok_items)
         unique = {d: size for it in ok_items for d, size in it.res.sizes().items()}
         totals = {"images": len(reports), "ok": ok, "failed": len(reports) - ok,
