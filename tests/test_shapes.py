@@ -190,3 +190,28 @@ images:
     assert code == 0, (out, err)
     listed = {i["reference"]: i for i in json.loads(out)}
     assert listed[every]["platforms"] == EVERY and listed[default]["platforms"] == ["linux/amd64"]
+
+
+def test_sync_reads_no_config_but_small_image_configs(registry, tmp_path, monkeypatch):
+    """To learn a single-platform image's platform, sync reads its config from the cache: never
+    an artifact's config (any size) nor an image config over 4 MiB, which are blobs like layers."""
+    from mirror.cache import Store
+    reads: list[str] = []
+    real_read = Store.read
+    monkeypatch.setattr(Store, "read", lambda self, d: reads.append(d) or real_read(self, d))
+    host = registry.host
+    normal = make_image([make_layer("shapes-read-normal")])
+    artifact = _artifact(Blob(WEIGHTS_CONFIG, imagegen.random_bytes("shapes:read-weights", BIG)), "read-weights")
+    fat = _big_image_config()
+    for img, repo in ((normal, "read/normal"), (artifact, "read/model"), (fat, "read/fat")):
+        push_raw(img, host, repo, "1.0")
+    manifest = write_manifest(tmp_path / "m.yaml", f"version: 1\nimages:\n  - {host}/read/normal:1.0\n"
+                                                   f"  - {host}/read/model:1.0\n  - {host}/read/fat:1.0\n")
+    code, out, err = run_cli("sync", manifest, "-o", tmp_path / "b.tar", "--cache", tmp_path / "c", "--no-progress",
+                             "--report", tmp_path / "r.json")
+    assert code == 0, (out, err)
+    assert normal.config.digest in reads
+    assert artifact.config.digest not in reads and fat.config.digest not in reads
+    platforms = {i["reference"].rsplit("/", 1)[-1]: i["platforms"]
+                 for i in json.loads((tmp_path / "r.json").read_text())["images"]}
+    assert platforms["normal:1.0"] == ["linux/amd64"] and platforms["model:1.0"] == []

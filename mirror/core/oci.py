@@ -24,6 +24,8 @@ DOCKER_SCHEMA1 = ("application/vnd.docker.distribution.manifest.v1+json",
                   "application/vnd.docker.distribution.manifest.v1+prettyjws")
 
 INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
+IMAGE_CONFIG_TYPES = frozenset({OCI_CONFIG, DOCKER_CONFIG})   # a runnable image's config; an artifact's is any blob
+MAX_CONFIG_READ = 4 << 20    # an image config read whole for its platform: never more than this
 IMAGE_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 MANIFEST_TYPES = INDEX_TYPES | IMAGE_TYPES
 # Every kind imgmirror can mirror, listed in Accept: without them a registry may downgrade to

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..bundle.writer import TarWriter, blob_order
 from ..core.diff import Base
 from ..errors import BundleError, MirrorError
-from ..core.oci import Descriptor, image_platform
+from ..core.oci import IMAGE_CONFIG_TYPES, MAX_CONFIG_READ, Descriptor, image_platform
 from ..core.platform import Platform, from_oci
 from ..core.units import human
 from ..progress import Progress
@@ -332,8 +332,10 @@ class Syncer:
         self.progress.image_done(item.report.reference, False, error)
 
     def config_platform(self, m) -> Platform | None:
-        """The platform an image's config declares, when the config is in the cache."""
-        if m.config and self.store.has(m.config.digest):
-            return from_oci(image_platform(self.store.read(m.config.digest)))
+        """The platform an image's config declares, when the config is in the cache. An
+        artifact's config (any other media type, of any size) is a blob like a layer: not read."""
+        c = m.config
+        if c and c.media_type in IMAGE_CONFIG_TYPES and c.size <= MAX_CONFIG_READ and self.store.has(c.digest):
+            return from_oci(image_platform(self.store.read(c.digest)))
         return None
 
