@@ -153,10 +153,10 @@ def error(status: int, code: str, message: str, detail=None, headers=None) -> we
     return web.json_response(body, status=status, headers=headers)
 
 
-def parse_range(value: str, size: int) -> tuple[int, int] | None:
-    """`bytes=a-b`, `bytes=a-`, `bytes=-n` -> (first, last), inclusive; None for anything else
-    (several ranges, other units: the whole blob is sent, as RFC 9110 allows); ValueError when
-    the range lies outside the blob (416)."""
+def parse_byte_range(value: str, size: int) -> tuple[int, int] | None:
+    """A Range header, `bytes=a-b`, `bytes=a-` or `bytes=-n` -> (first, last), inclusive; None
+    for anything else (several ranges, other units: the whole blob is sent, as RFC 9110 allows);
+    ValueError when the range lies outside the blob (416)."""
     m = _RANGE.fullmatch(value.strip())
     if not m or m.group(1) == m.group(2) == "":
         return None
@@ -237,7 +237,7 @@ async def _blob(request: web.Request, repo: Repo, name: str, digest: str) -> web
     first, last, status = 0, size - 1, 200
     if request.headers.get("Range"):
         try:
-            span = parse_range(request.headers["Range"], size)
+            span = parse_byte_range(request.headers["Range"], size)
         except ValueError:
             return error(416, "RANGE_INVALID", f"{request.headers['Range']} is outside the blob "
                          f"({size} bytes)", headers={"Content-Range": f"bytes */{size}"})

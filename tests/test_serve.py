@@ -20,7 +20,7 @@ from imagegen import TAGS, inspect_raw
 from mirror.errors import UsageError
 from mirror.core.oci import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST
 from mirror.cli.serve import parse_listen
-from mirror.serve import load_catalog, parse_range, start_server
+from mirror.serve import load_catalog, parse_byte_range, start_server
 
 KINDS = ["test/base:1.0", "test/app-a:1.0", "test/app-b:1.0", "test/multi:1.0", "test/dockerv2:1.0",
          "test/dockerlist:1.0", "test/raw:1.0"]
@@ -259,12 +259,12 @@ def test_referrers_names_and_conflicts(tmp_path):
     ("bytes=0-0", (0, 0)), ("bytes=10-", (10, 99)), ("bytes=-5", (95, 99)), ("bytes=-500", (0, 99)),
     ("bytes=90-200", (90, 99)), ("bytes=5-4", None), ("bytes=0-1,3-4", None), ("items=0-1", None),
     ("bytes=-", None), ("bytes=100-", ValueError), ("bytes=-0", ValueError)])
-def test_parse_range(value, expected):
+def test_parse_byte_range(value, expected):
     if expected is ValueError:
         with pytest.raises(ValueError):
-            parse_range(value, 100)
+            parse_byte_range(value, 100)
     else:
-        assert parse_range(value, 100) == expected
+        assert parse_byte_range(value, 100) == expected
 
 
 @pytest.mark.parametrize("text, expected", [

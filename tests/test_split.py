@@ -25,7 +25,8 @@ from mirror.bundle.writer import BundleContent, TarWriter, write_tar
 from mirror.bundle.reader import open_bundle
 from mirror.errors import BundleError, DigestMismatchError
 from mirror.cache import Store
-from mirror.bundle.verify import list_bundle, verify_bundle
+from mirror.bundle.listing import list_bundle
+from mirror.bundle.verify import verify_bundle
 
 BLOB = bytes(range(256)) * 4099          # ~1 MiB, not a multiple of 512
 OTHER = b"other blob" * 1000

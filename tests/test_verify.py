@@ -24,10 +24,11 @@ import pytest
 import imagegen
 from helpers import Bundle, run_cli, sha256, write_manifest
 from mirror.bundle import reader as bundle_read
-from mirror.bundle.reader import BundleReader, NotABundleError, iter_tree, open_bundle
-from mirror.errors import BundleError, DigestMismatchError
+from mirror.bundle.reader import BundleReader, iter_tree, open_bundle
+from mirror.errors import BundleError, DigestMismatchError, NotABundleError
 from mirror.core.oci import Descriptor
-from mirror.bundle.verify import list_bundle, verify_bundle
+from mirror.bundle.listing import list_bundle
+from mirror.bundle.verify import verify_bundle
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -466,6 +467,32 @@ def test_reader_refuses_unsafe_entries(tmp_path, entry, why):
     assert info.value.exit_code == 1
     problems = verify_bundle(path).problems
     assert len(problems) == 1 and problems[0].startswith(f"{entry.name}: unsafe entry")
+
+
+@pytest.mark.parametrize("first", [
+    _info("oci-layout", b"{}"),                                   # a file, then the same file
+    _info("oci-layout", type=tarfile.DIRTYPE),                    # a directory, then a file
+])
+def test_reader_and_verify_agree_on_a_name_twice(tmp_path, first):
+    """Both judge entries with tarscan.members: what the reader refuses, verify names."""
+    path = _synthetic(tmp_path / "twice.tar")
+    _write(path, [(first, b"{}" if first.isreg() else None), *_members(path)])
+    with pytest.raises(BundleError, match="entry 'oci-layout' appears twice"):
+        open_bundle(path)
+    problems = verify_bundle(path).problems
+    assert "oci-layout: appears twice in the tar (readers disagree on which counts)" in problems
+
+
+def test_reader_and_verify_name_a_cut_between_entries_alike(tmp_path):
+    path = _synthetic(tmp_path / "c.tar")
+    with tarfile.open(path) as tf:
+        index = tf.getmember("index.json")
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(path.read_bytes()[:index.offset])
+    with pytest.raises(BundleError, match="no end-of-archive marker after 'blobs/sha256/.*': truncated"):
+        open_bundle(cut)
+    assert any(p.startswith("the tar has no end-of-archive marker after 'blobs/sha256/")
+               and p.endswith("truncated after that entry") for p in verify_bundle(cut).problems)
 
 
 def test_reader_refuses_truncated_and_oversized(tmp_path, monkeypatch):

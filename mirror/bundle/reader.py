@@ -28,72 +28,22 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import stat
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from ..core.oci import (ANN_REF_NAME, DOCKER_CONFIG, MANIFEST_TYPES, OCI_CONFIG, Descriptor, Manifest,
+                        digest_hex, json_problem, parse_manifest, verify_bytes)
+from ..core.plan import MAX_DEPTH
 from ..errors import BundleError, MirrorError, NotABundleError
-from ..core.oci import (ANN_REF_NAME, json_problem, ANN_SOURCE_DIGEST, DOCKER_CONFIG, IMAGE_TYPES, MANIFEST_TYPES,
-                  OCI_CONFIG, Descriptor, Manifest, image_platform, parse_manifest, verify_bytes)
+from .tarscan import (END_OF_ARCHIVE, META_LIMITS, blob_digest, end_problem, layout_files, members,
+                      not_a_bundle, open_tar, pread, refuse_compressed, require_layout, stat_bundle)
 from .volumes import PartsFile, PositionalFile, SplitBundle, find_split, part_path
-from ..core.platform import Platform, from_oci
 
-# Bounds on what is read into memory: a real index.json of thousands of images is a few MiB.
-META_LIMITS = {"oci-layout": 64 << 10, "index.json": 16 << 20, "manifest.json": 16 << 20}
 MAX_READ = 4 << 20          # `read()` is for manifests and small image configs, never layers
 # Only these configs are read (for a platform); an artifact's config is a blob of any size.
 IMAGE_CONFIG_TYPES = frozenset({OCI_CONFIG, DOCKER_CONFIG})
-MAX_DEPTH = 8               # index -> index -> ... -> manifest; OCI allows nesting, not this much
-END_OF_ARCHIVE = bytes(2 * tarfile.BLOCKSIZE)
-_BLOB_NAME = re.compile(r"blobs/sha256/([a-f0-9]{64})")
-_COMPRESSED = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd", b"\xfd7zXZ": "xz", b"BZh": "bzip2"}
-HINT = "make one with `imgmirror sync`"
-
-
-def not_a_bundle(path, why: str) -> NotABundleError:
-    """The one wording for "this is not a bundle", with the way to make one."""
-    return NotABundleError(f"{path}: not an imgmirror/OCI bundle: {why}; {HINT}")
-
-
-def compression_of(head: bytes) -> str | None:
-    """The compression a file's first bytes announce, if any."""
-    return next((name for magic, name in _COMPRESSED.items() if head.startswith(magic)), None)
-
-
-def check_member(m: tarfile.TarInfo) -> tuple[str, str | None]:
-    """(normalised name, why the entry is unsafe or None). `./a//b` is `a/b`."""
-    if m.name.startswith("/"):
-        return m.name, "absolute path"
-    parts = [p for p in m.name.split("/") if p not in ("", ".")]
-    name = "/".join(parts)
-    if ".." in parts:
-        return m.name, "path leaves the layout with .."
-    if m.issym():
-        return name, f"symbolic link to {m.linkname!r}"
-    if m.islnk():
-        return name, f"hard link to {m.linkname!r}"
-    if m.ischr() or m.isblk() or m.isfifo():
-        return name, "device or fifo"
-    if m.issparse():        # its data is not stored contiguously: cannot be read in place
-        return name, "GNU sparse file"
-    if not (m.isreg() or m.isdir()):
-        return name, f"unsupported entry type {m.type!r}"
-    return name, None
-
-
-def blob_digest(name: str) -> str | None:
-    """`blobs/sha256/<hex>` -> `sha256:<hex>`; None for any other name."""
-    m = _BLOB_NAME.fullmatch(name)
-    return f"sha256:{m.group(1)}" if m else None
-
-
-def pread(fh, n: int, offset: int) -> bytes:
-    """Up to n bytes at offset of a tar file or a `PartsFile`, without moving any position."""
-    if isinstance(fh, PartsFile):
-        return fh.pread(n, offset)
-    return os.pread(fh.fileno(), n, offset)
 
 
 class BlobFile(PositionalFile):
@@ -187,7 +137,6 @@ class BundleReader:
                  fh=None):
         self.path, self.kind, self._blobs, self._fh = path, kind, blobs, fh
         self.parts: list[Path] = []      # a split bundle's parts, in order
-        self.layout_raw = meta["oci-layout"]
         self.index_raw = meta["index.json"]
         self.manifest_json_raw = meta.get("manifest.json")     # optional: classic docker load
         try:
@@ -231,7 +180,7 @@ class BundleReader:
         if self._fh is not None:
             return BlobFile(self._fh, offset, size, name)
         try:
-            fh = open(self.path / "blobs" / "sha256" / digest.split(":", 1)[1], "rb", buffering=0)
+            fh = open(self.path / "blobs" / "sha256" / digest_hex(digest), "rb", buffering=0)
         except OSError as exc:
             raise BundleError(f"{name}: cannot open ({exc.strerror})") from None
         return BlobFile(fh, 0, size, name, owns=True)
@@ -250,87 +199,12 @@ class BundleReader:
         verify_bytes(data, digest, f"{self.path}: blob {digest}")
         return data
 
-    def describe(self, ref: str | None, root: Descriptor) -> dict:
-        """An index.json image for people: reference, digest, media type, platforms, and size
-        (the manifests, configs and layers of it in the bundle, each counted once).
-
-        Things worth knowing (an artifact's config, a config too big to read) go in "notes".
-        A damaged or unsafe image is not raised: its message goes in "problem" (size None), so
-        one bad image never hides the others."""
-        size, platforms, ask_config, notes = 0, set(), set(), []
-        out: dict = {"reference": ref, "digest": root.digest, "media_type": root.media_type}
-        try:
-            for parent, d in iter_tree(self, root):
-                if not self.has(d.digest):
-                    continue
-                size += self.size(d.digest)
-                if d.media_type in IMAGE_TYPES and not d.is_attestation:
-                    # An index child states its platform; a single image only in its config.
-                    if p := from_oci(d.platform):
-                        platforms.add(str(p))
-                    else:
-                        ask_config.add(d.digest)
-                elif parent is not None and parent.digest in ask_config and d == parent.config:
-                    if p := self._config_platform(d, notes):
-                        platforms.add(str(p))
-        except MirrorError as exc:
-            out.update(platforms=sorted(platforms), size=None, problem=str(exc))
-        else:
-            out.update(platforms=sorted(platforms), size=size)
-        if source := root.annotations.get(ANN_SOURCE_DIGEST):
-            out["source_digest"] = source
-        if notes:
-            out["notes"] = notes
-        return out
-
-    def _config_platform(self, d: Descriptor, notes: list[str]) -> Platform | None:
-        """The platform an image config declares. A config is a blob like any other: only an
-        image config is read, and only when small; otherwise the platform is unknown, noted."""
-        if d.media_type not in IMAGE_CONFIG_TYPES:
-            notes.append(f"config is {d.media_type}, not an image config (an artifact): it names "
-                         "no platform and is not read")
-            return None
-        if (size := self.size(d.digest)) > MAX_READ:
-            notes.append(f"config {d.digest} is {size} bytes, over the {MAX_READ >> 20} MiB read to "
-                         "learn a platform: platform unknown")
-            return None
-        try:
-            p = from_oci(image_platform(self.read(d.digest)))
-        except (MirrorError, RecursionError) as exc:    # RecursionError: JSON nested [[[[… deep
-            why = "JSON nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-            notes.append(f"config {d.digest} cannot be read ({why}): platform unknown; "
-                         f"run `imgmirror verify {self.path}`")
-            return None
-        if p is None:
-            notes.append(f"config {d.digest} names no os and architecture: platform unknown")
-        return p
-
     def walk(self, root: Descriptor) -> Iterator[Descriptor]:
         """Every descriptor reachable from an index.json entry (itself first, then index children,
         configs and layers), each digest once; absent ones (a sparse index's children, foreign
         layers) are yielded too: check `has()`."""
         for _, desc in iter_tree(self, root):
             yield desc
-
-
-def stat_bundle(p: Path) -> os.stat_result:
-    """stat() a bundle path; NotABundleError if it is missing or unreadable."""
-    try:
-        return p.stat()
-    except FileNotFoundError:
-        raise NotABundleError(f"{p}: no such file or directory") from None
-    except OSError as exc:
-        raise NotABundleError(f"{p}: cannot read ({exc.strerror})") from None
-
-
-def open_tar(p: Path):
-    """Open a bundle tar for reading; NotABundleError if it is not a readable regular file."""
-    if not stat.S_ISREG(stat_bundle(p).st_mode):
-        raise not_a_bundle(p, "not a regular file or directory")
-    try:
-        return open(p, "rb")
-    except OSError as exc:
-        raise NotABundleError(f"{p}: cannot read ({exc.strerror})") from None
 
 
 def open_bundle(path) -> BundleReader:
@@ -372,41 +246,33 @@ def _open_split(split: SplitBundle) -> BundleReader:
 
 
 def _scan_tar(fh, p: Path) -> tuple[dict[str, tuple[int, int]], dict[str, bytes]]:
-    kind = compression_of(pread(fh, 8, 0))
-    if kind:
-        raise not_a_bundle(p, f"it is {kind}-compressed; decompress it first (sync writes plain tars, "
-                              "so blobs can be read in place)")
+    """Where each blob's bytes are, and the layout files' contents. Unlike verify's stream, this
+    seeks past the data: the headers are read, and only the small layout files."""
+    refuse_compressed(pread(fh, 8, 0), p)
     try:
         # "r:" = uncompressed with random access: next() seeks past each member's data.
         tf = tarfile.open(fileobj=fh, mode="r:")
-        members = list(tf)
+        entries = list(members(tf))
     except tarfile.ReadError as exc:
         if "unexpected end of data" in str(exc):
             raise BundleError(f"{p}: the tar is truncated; run `imgmirror verify {p}` for details") from None
         raise not_a_bundle(p, f"not a tar archive ({exc})") from None
-    named = []
-    for m in members:     # refuse unsafe entries before reading any content
-        name, unsafe = check_member(m)
-        if unsafe:
-            raise BundleError(f"{p}: unsafe entry {m.name!r} ({unsafe}); refusing the whole bundle")
-        named.append((name, m))
-    end = tf.offset
-    if pread(fh, len(END_OF_ARCHIVE), end) != END_OF_ARCHIVE:
-        after = named[-1][0] if named else "the start"
-        raise BundleError(f"{p}: the tar has no end-of-archive marker after {after!r} (truncated, or a "
-                          f"damaged header at byte {end}); run `imgmirror verify {p}` for details")
+    for e in entries:     # refuse unsafe entries before reading any content
+        if e.unsafe:
+            raise BundleError(f"{p}: unsafe entry {e.info.name!r} ({e.unsafe}); refusing the whole bundle")
+    end, last = tf.offset, entries[-1].name if entries else None
+    if problem := end_problem(pread(fh, len(END_OF_ARCHIVE), end), last, end):
+        raise BundleError(f"{p}: {problem}; run `imgmirror verify {p}` for details")
     blobs: dict[str, tuple[int, int]] = {}
     meta: dict[str, bytes] = {}
-    seen: set[str] = set()
-    for name, m in named:
-        if name in seen and m.isreg():
-            raise BundleError(f"{p}: entry {name!r} appears twice; the bundle is ambiguous")
-        seen.add(name)
-        if (digest := blob_digest(name)) and m.isreg():
-            blobs[digest] = (m.offset_data, m.size)
-        elif name in META_LIMITS and m.isreg():
-            meta[name] = _bounded(p, name, m.size, lambda m=m: pread(fh, m.size, m.offset_data))
-    _require_layout(p, meta)
+    for e in entries:
+        if e.twice:
+            raise BundleError(f"{p}: entry {e.name!r} appears twice; the bundle is ambiguous")
+        if digest := e.digest:
+            blobs[digest] = (e.info.offset_data, e.info.size)
+        elif e.is_meta:
+            meta[e.name] = _bounded(p, e.name, e.info.size, lambda m=e.info: pread(fh, m.size, m.offset_data))
+    require_layout(p, meta)
     return blobs, meta
 
 
@@ -420,21 +286,12 @@ def _bounded(p: Path, name: str, size: int, read: Callable[[], bytes]) -> bytes:
     return data
 
 
-def _require_layout(p: Path, meta: dict[str, bytes]) -> None:
-    missing = [n for n in ("oci-layout", "index.json") if n not in meta]
-    if missing:
-        raise not_a_bundle(p, f"no {' or '.join(missing)}")
-
-
 def _open_dir(p: Path) -> BundleReader:
-    # lstat everything first: a symlink could point anywhere, so it is refused, not followed.
-    meta_st = {}
-    for name in META_LIMITS:
-        try:
-            meta_st[name] = os.lstat(p / name)
-        except FileNotFoundError:
-            continue
-        if not stat.S_ISREG(meta_st[name].st_mode):
+    """Only the layout files and blobs/sha256/ are looked at (verify walks every file under blobs/).
+    Everything is lstat-ed first: a symlink could point anywhere, so it is refused, not followed."""
+    sizes = dict(layout_files(p))
+    for name, size in sizes.items():
+        if size is None:
             raise BundleError(f"{p}: unsafe entry {name!r} (not a regular file; a symlink?)")
     blobs: dict[str, tuple[int, int]] = {}
     blob_dir = p / "blobs" / "sha256"
@@ -448,9 +305,9 @@ def _open_dir(p: Path) -> BundleReader:
                     raise BundleError(f"{p}: unsafe entry 'blobs/sha256/{e.name}' (symbolic link)")
                 if (digest := blob_digest(f"blobs/sha256/{e.name}")) and e.is_file(follow_symlinks=False):
                     blobs[digest] = (0, e.stat(follow_symlinks=False).st_size)
-    meta = {name: _bounded(p, name, st.st_size, lambda name=name: (p / name).read_bytes())
-            for name, st in meta_st.items()}
-    _require_layout(p, meta)
+    meta = {name: _bounded(p, name, size, lambda name=name: (p / name).read_bytes())
+            for name, size in sizes.items()}
+    require_layout(p, meta)
     return BundleReader(p, "dir", blobs, meta)
 
 

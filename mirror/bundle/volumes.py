@@ -21,8 +21,8 @@ from pathlib import Path
 from ..errors import BundleError
 
 
-
 def tmp_beside(target: Path) -> Path:
+    """The temporary name a file is written under, beside its final one, before the rename."""
     return target.with_name(f".{target.name}.{os.getpid()}.tmp")
 
 
@@ -32,6 +32,7 @@ def part_path(target: Path, number: int) -> Path:
 
 
 def sums_path(target: Path) -> Path:
+    """`NAME.tar` -> `NAME.tar.sha256sums`."""
     return target.with_name(f"{target.name}.sha256sums")
 
 
@@ -49,7 +50,7 @@ class PartsWriter:
     into an earlier part. A finished part is fdatasynced and closed in the background."""
 
     def __init__(self, target: Path, split: int | None, flusher: concurrent.futures.Executor):
-        # a finished part is fdatasynced and closed on `flusher` (the TarWriter's own thread)
+        # `flusher`: the TarWriter's own thread, so the next part is written meanwhile
         self.target, self.split, self.flusher = target, split, flusher
         self.tmps: list[Path] = []
         self.hashes: list = []
@@ -215,7 +216,7 @@ def find_split(path) -> SplitBundle | None:
         base = p
     else:
         return None
-    sums = _readsums_path(base)
+    sums = _read_sums(base)
     if sums is not None:
         return SplitBundle(base, list(sums), sums)
     parts, n = [], 1
@@ -230,7 +231,7 @@ def find_split(path) -> SplitBundle | None:
     return SplitBundle(base, parts, None)
 
 
-def _readsums_path(base: Path) -> dict[Path, str] | None:
+def _read_sums(base: Path) -> dict[Path, str] | None:
     sums = sums_path(base)
     try:
         text = sums.read_text()
