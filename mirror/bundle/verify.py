@@ -24,7 +24,6 @@ from pathlib import Path
 
 from ..core.diff import ANN_EXPECTED
 from ..core.oci import ANN_SOURCE_DIGEST, MANIFEST_TYPES, Descriptor, json_problem
-from ..core.plan import FOREIGN_LAYER_TYPES
 from ..core.units import human
 from ..errors import MirrorError
 from .inventory import Inventory, scan_dir, scan_split, scan_tar
@@ -198,7 +197,7 @@ def _check_present(inv, res: VerifyResult, label: str, parent, d: Descriptor, sp
         if res.expected[d.digest] != d.size:
             res.problems.append(f"{label}: {role} {d.digest} is expected from the base with "
                                 f"{res.expected[d.digest]} bytes, its descriptor says {d.size}")
-    elif role == "layer" and (d.urls or d.media_type in FOREIGN_LAYER_TYPES):
+    elif role == "layer" and d.is_foreign:
         res.warnings.append(f"{label}: foreign layer {d.digest} is not in the bundle (whoever pulls "
                             "the image fetches it from its own URLs)")
     else:

@@ -24,6 +24,13 @@ DOCKER_SCHEMA1 = ("application/vnd.docker.distribution.manifest.v1+json",
                   "application/vnd.docker.distribution.manifest.v1+prettyjws")
 
 INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
+# Layers that must not be redistributed: fetched only from their own `urls`, not mirrored.
+FOREIGN_LAYER_TYPES = frozenset({
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+})
 IMAGE_CONFIG_TYPES = frozenset({OCI_CONFIG, DOCKER_CONFIG})   # a runnable image's config; an artifact's is any blob
 MAX_CONFIG_READ = 4 << 20    # an image config read whole for its platform: never more than this
 IMAGE_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
@@ -103,6 +110,11 @@ class Descriptor:
         if self.platform:
             out["platform"] = self.platform
         return out
+
+    @property
+    def is_foreign(self) -> bool:
+        """A non-distributable layer, fetched from its own `urls` by whoever pulls: not mirrored."""
+        return bool(self.urls) or self.media_type in FOREIGN_LAYER_TYPES
 
     @property
     def is_attestation(self) -> bool:

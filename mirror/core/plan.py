@@ -9,14 +9,6 @@ from ..errors import PlatformError
 from .oci import ANN_SOURCE_DIGEST, ATTESTATION_DIGEST, Descriptor, Manifest
 from .platform import Platform, from_oci, matches
 
-# Layers that must not be redistributed: fetched only from their own `urls`, not mirrored.
-FOREIGN_LAYER_TYPES = frozenset({
-    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
-})
-
 
 def describe_platforms(children) -> str:
     """`linux/amd64, linux/arm64` for a message, attestations left out."""
@@ -197,5 +189,5 @@ def blobs_of(image: Manifest) -> tuple[list[Descriptor], list[Descriptor]]:
     """An image manifest's blobs to fetch, and its foreign layers (not fetched, reported)."""
     fetch, foreign = [], []
     for d in image.blobs:
-        (foreign if d.media_type in FOREIGN_LAYER_TYPES or d.urls else fetch).append(d)
+        (foreign if d.is_foreign else fetch).append(d)
     return fetch, foreign
