@@ -1,6 +1,7 @@
 """The package's layers, checked: the core is pure, and imports only point downward.
 
-    cli  ->  engine, serve  ->  registry, bundle, cache, specfile  ->  core  (errors everywhere)
+    cli, mirror/__init__  ->  api  ->  engine, serve  ->  registry, bundle, cache, specfile  ->  core
+    (errors everywhere)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ FORBIDDEN = ["aiohttp", "yaml", "tenacity", "asyncio", "socket", "ssl", "subproc
 
 # the layer of each top-level piece, and the layers it may import from
 LAYER = {"errors": 0, "core": 1, "registry": 2, "bundle": 2, "cache": 2, "specfile": 2, "progress": 2,
-         "engine": 3, "serve": 3, "cli": 4, "__init__": 4, "__main__": 5}
+         "engine": 3, "serve": 3, "api": 4, "cli": 5, "__init__": 5, "__main__": 6}
 # allowed sideways imports at the adapter layer: the bundle writer follows a blob into the cache
 SIDEWAYS = {("bundle", "cache"), ("registry", "cache"), ("engine", "serve")}
 

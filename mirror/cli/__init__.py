@@ -7,27 +7,21 @@ usage (nothing fetched); 3 another run holds the cache lock; 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
 from pathlib import Path
 
-from .. import __version__
+from .. import __version__, api
 from ..errors import MirrorError, UsageError, exit_code
 from ..core.units import human
 from ..progress import Progress, make_progress
-from ..bundle.base import load_base
-from ..core.diff import expected_holders
-from ..core.oci import ANN_TARGET
-from ..engine.push import Destination, PushImage, PushOptions, push_images
-from ..core.spec import RegistryConfig
-from ..specfile import beside, load_spec
-from ..cache import Store, default_cache_dir
 from .serve import add_parser as add_serve_command
 from .bundle import add_extract_parser as add_extract_command
 from .bundle import add_parsers as add_bundle_commands
-from ..engine.sync import SyncOptions, SyncResult, Syncer
+
+# Everything a command does is in mirror.api, which imports the engine (and aiohttp) only inside
+# the functions that need it: `imgmirror --version`, `verify` and `list` never load the network.
 
 
 class _Parser(argparse.ArgumentParser):
@@ -83,20 +77,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_size(text: str, minimum: int = 64 * 1024) -> int:
-    """`64M` -> 67108864; K, M, G, T are powers of 1024."""
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    number, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
-    try:
-        value = int(float(number) * units[unit])
-    except ValueError:
-        raise UsageError(f"{text!r} is not a size; write e.g. 64M, 700M or 4G") from None
-    if value < minimum:
-        raise UsageError(f"{text!r}: the size must be at least {minimum} bytes")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
     try:
@@ -116,31 +96,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_sync(args) -> int:
-    if args.jobs is not None and args.jobs < 1:
-        raise UsageError("--jobs must be at least 1")
-    split = parse_size(args.split, minimum=4096) if args.split else None
-    if args.since and args.to and not args.output:
-        raise UsageError("--since makes a differential bundle: give -o too, or drop --since to push "
-                         "everything with --to")
-    if split and args.to and not args.output:
-        raise UsageError("--split cuts a bundle tar into parts; with --to, give -o too")
-    if split and args.output and (args.output.endswith("/") or os.path.isdir(args.output)):
-        raise UsageError("--split applies to a bundle tar, not to a layout directory")
-    spec = load_spec(args.manifest)      # validation before any network request
-    cache = args.cache or (beside(args.manifest, spec.cache) if spec.cache else None)
-    store = Store(cache or default_cache_dir())
-    verbosity = -1 if args.quiet else args.verbose
-    progress = make_progress(args.progress, verbosity)
-    opts = SyncOptions(output=args.output, jobs=args.jobs, dry_run=args.dry_run, fail_fast=args.fail_fast,
-                       push_to=Destination.parse(args.to) if args.to else None, split=split,
-                       since=load_base(args.since) if args.since else None)
+    progress = _Deferred(args.progress, -1 if args.quiet else args.verbose)
     try:
-        with store.lock(wait=args.wait_lock):
-            result = asyncio.run(Syncer(spec, store, opts, progress).run())
+        result = api.sync(args.manifest, output=args.output, cache=args.cache, jobs=args.jobs,
+                          dry_run=args.dry_run, fail_fast=args.fail_fast, to=args.to, since=args.since,
+                          split=args.split, progress=progress, wait_lock=args.wait_lock)
     finally:
         progress.close()
     if args.dry_run:
-        print_plan(result, store)
+        print_plan(result)
     if args.report:
         _write_json(Path(args.report), result.to_json())
     summarize(result, progress)
@@ -154,32 +118,54 @@ def cmd_sync(args) -> int:
 
 
 def cmd_push(args) -> int:
-    if args.jobs < 1:
-        raise UsageError("--jobs must be at least 1")
-    dest = Destination.parse(args.to)
-    chunk = parse_size(args.chunk_size)
-    registries = load_spec(args.config).registries if args.config else {}
-    cfg = registries.get(dest.host, RegistryConfig())
-    from ..bundle.reader import open_bundle, open_bundles   # the bundle reader is push's alone
-    reader = open_bundles(args.bundle) if len(args.bundle) > 1 else open_bundle(args.bundle[0])
-    unnamed = [desc.digest for ref, desc in reader.images if not ref]
-    if unnamed:
-        reader.close()
-        raise UsageError(f"{args.bundle[0]}: index.json entries without org.opencontainers.image.ref.name "
-                         f"({', '.join(unnamed)}); push needs a name for each image")
-    images = [PushImage(ref, desc, desc.annotations.get(ANN_TARGET)) for ref, desc in reader.images]
-    progress = make_progress(args.progress, -1 if args.quiet else args.verbose)
-    opts = PushOptions(jobs=args.jobs, chunk_size=chunk, dry_run=args.dry_run, fail_fast=args.fail_fast)
+    progress = _Deferred(args.progress, -1 if args.quiet else args.verbose)
     try:
-        result = asyncio.run(push_images(reader, images, dest, cfg, opts, progress, insecure=args.insecure,
-                                         holders=expected_holders(reader)))
+        result = api.push(args.bundle, args.to, config=args.config, jobs=args.jobs, insecure=args.insecure,
+                          chunk_size=args.chunk_size, dry_run=args.dry_run, fail_fast=args.fail_fast,
+                          progress=progress)
     finally:
         progress.close()
-        reader.close()
     if args.report:
         _write_json(Path(args.report), result.to_json())
     summarize_push(result, progress, dry_run=args.dry_run)
     return 0 if result.totals["failed"] == 0 else 1
+
+
+class _Deferred(Progress):
+    """The Progress the options ask for, made at its first use: an invalid manifest or argument
+    (raised before the run starts) then shows its error alone, without empty bars above it."""
+
+    def __init__(self, bars: bool | None, verbosity: int):
+        super().__init__(verbosity=verbosity)
+        self._bars, self._real = bars, None
+
+    def _get(self) -> Progress:
+        if self._real is None:
+            self._real = make_progress(self._bars, self.verbosity)
+        return self._real
+
+    def line(self, text: str) -> None:
+        self._get().line(text)
+
+    def warn(self, text: str) -> None:
+        self._get().warn(text)
+
+    def images_total(self, n: int) -> None:
+        self._get().images_total(n)
+
+    def bytes_total(self, n: int) -> None:
+        self._get().bytes_total(n)
+
+    def advance(self, n: int) -> None:
+        self._get().advance(n)
+
+    def image_done(self, ref: str, ok: bool, detail: str) -> None:
+        self._get().image_done(ref, ok, detail)
+
+    def close(self) -> None:
+        if self._real is None:               # nothing happened: the summary needs no bars
+            self._real = Progress(verbosity=self.verbosity)
+        self._real.close()
 
 
 def summarize_push(result, progress: Progress, dry_run: bool = False) -> None:
@@ -193,7 +179,7 @@ def summarize_push(result, progress: Progress, dry_run: bool = False) -> None:
             progress.line(f"failed: {r.reference} -> {r.target}: {r.error}")
 
 
-def print_plan(result: SyncResult, store: Store) -> None:
+def print_plan(result) -> None:
     """The --dry-run plan on stdout: one line per image, then totals."""
     for r in result.images:
         if r.status != "ok":
@@ -206,7 +192,7 @@ def print_plan(result: SyncResult, store: Store) -> None:
           f"nothing downloaded (dry run)")
 
 
-def summarize(result: SyncResult, progress: Progress) -> None:
+def summarize(result, progress: Progress) -> None:
     t, b = result.totals, result.bundle
     where = f"; bundle {b['path']}" + (f" ({human(b['size'])}, {b['sha256']})" if b and "size" in b else "") \
         if b else ""

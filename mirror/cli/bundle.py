@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from ..bundle.extract import DEFAULT_LOAD_PLATFORM, extract
-from ..bundle.verify import list_bundle, verify_bundle
+from .. import api
 from ..core.units import human
 from ..errors import UsageError
 
@@ -28,9 +27,9 @@ def add_parsers(subparsers) -> None:
 def cmd_verify(args) -> int:
     """`imgmirror verify BUNDLE`: 0 sound, 1 problems (each listed), 2 not a bundle (raised)."""
     if args.bundle == "-":
-        res = verify_bundle("<stdin>", stream=sys.stdin.buffer, bases=args.base)
+        res = api.verify(sys.stdin.buffer, bases=args.base, name="<stdin>")
     else:
-        res = verify_bundle(args.bundle, bases=args.base)
+        res = api.verify(args.bundle, bases=args.base)
     for w in res.warnings:
         print(f"warning: {w}")
     for digest, size in sorted(res.expected.items()):
@@ -46,19 +45,19 @@ def cmd_list(args) -> int:
     2 not a bundle (raised)."""
     if args.bundle == "-":
         raise UsageError("list reads a bundle in place: give a file or directory, not -")
-    images = list_bundle(args.bundle)
-    bad = sum("problem" in i for i in images)
+    images = api.list_images(args.bundle)
+    bad = sum(i.problem is not None for i in images)
     if args.json:
-        print(json.dumps(images, indent=2))
+        print(json.dumps([i.to_json() for i in images], indent=2))
     else:
         for i in images:
-            size = human(i["size"]) if i["size"] is not None else "unknown"
-            print(f"{i['reference'] or '(no name)'}\n    {i['digest']} {i['media_type']}\n"
-                  f"    platforms: {', '.join(i['platforms']) or 'unknown'}\n    size: {size}")
-            for note in i.get("notes", ()):
+            size = human(i.size) if i.size is not None else "unknown"
+            print(f"{i.reference or '(no name)'}\n    {i.digest} {i.media_type}\n"
+                  f"    platforms: {', '.join(i.platforms) or 'unknown'}\n    size: {size}")
+            for note in i.notes:
                 print(f"    note: {note}")
-            if "problem" in i:
-                print(f"    problem: {i['problem']}")
+            if i.problem is not None:
+                print(f"    problem: {i.problem}")
         tail = (f", {bad} with a problem; run `imgmirror verify {args.bundle}` for details" if bad else "")
         print(f"{len(images)} images{tail}")
     if bad and args.json:
@@ -78,7 +77,7 @@ def add_extract_parser(subparsers) -> None:
     e.add_argument("-o", "--output", required=True, metavar="OUT.tar", help="the archive to write")
     e.add_argument("--load-platform", metavar="OS/ARCH",
                    help="the platform of the manifest.json entry for docker load (default: the "
-                        f"bundle's entry for the image, else {DEFAULT_LOAD_PLATFORM})")
+                        "bundle's entry for the image, else linux/amd64)")
     e.set_defaults(handler=cmd_extract)
 
 
@@ -88,12 +87,12 @@ def cmd_extract(args) -> int:
     if len(args.args) < 2:
         raise UsageError("give the bundle and the image's reference: imgmirror extract BUNDLE REF -o OUT.tar")
     *bundles, ref = args.args
-    res = extract(bundles, ref, args.output, args.load_platform)
-    for note in res["notes"]:
+    res = api.extract(bundles, ref, args.output, load_platform=args.load_platform)
+    for note in res.notes:
         print(f"imgmirror: note: {note}", file=sys.stderr)
-    print(f"{res['path']}: {res['reference']}\n    {res['digest']} {res['media_type']}\n"
-          f"    {res['blobs']} blobs, {human(res['bytes'])}; archive {human(res['size'])}, {res['sha256']}"
-          f"\n    load it with `podman load -i {res['path']}` or `skopeo copy --preserve-digests "
-          f"oci-archive:{res['path']} docker://…`" + ("" if res["docker_load"] else
-                                                        "; manifest.json is empty (no docker load)"))
+    print(f"{res.path}: {res.reference}\n    {res.digest} {res.media_type}\n"
+          f"    {res.blobs} blobs, {human(res.bytes)}; archive {human(res.size)}, {res.sha256}"
+          f"\n    load it with `podman load -i {res.path}` or `skopeo copy --preserve-digests "
+          f"oci-archive:{res.path} docker://…`" + ("" if res.docker_load else
+                                                   "; manifest.json is empty (no docker load)"))
     return 0

@@ -1,29 +1,14 @@
-"""`imgmirror serve`: its arguments, the listening address, and the run until Ctrl-C or SIGTERM."""
+"""`imgmirror serve`: its arguments, the warnings, and the run until Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import re
 import signal
 import sys
+import threading
 
+from .. import api
+from ..api import DEFAULT_LISTEN, parse_listen  # noqa: F401  (parse_listen: importable from here)
 from ..core.reference import is_loopback
-from ..errors import UsageError
-from ..serve import DEFAULT_LISTEN, Catalog, load_catalog, start_server
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """`HOST:PORT`, `[IPV6]:PORT` or `PORT` (on 127.0.0.1) -> (host, port)."""
-    m = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([^:\[\]\s]+):(\d+)|(\d+)", text.strip())
-    if not m:
-        raise UsageError(f"--listen {text!r}: write HOST:PORT, e.g. 127.0.0.1:5000 (0.0.0.0:5000 "
-                         "for every interface)")
-    host = m.group(1) or m.group(3) or "127.0.0.1"
-    port = int(m.group(2) or m.group(4) or m.group(5))
-    if port > 65535:
-        raise UsageError(f"--listen {text!r}: port {port} is over 65535")
-    return host, port
 
 
 def add_parser(subparsers) -> None:
@@ -38,29 +23,24 @@ def add_parser(subparsers) -> None:
 
 def cmd_serve(args) -> int:
     """`imgmirror serve`: runs until Ctrl-C or SIGTERM, then exits 0."""
-    host, port = parse_listen(args.listen)
+    host, _ = parse_listen(args.listen)
     if not is_loopback(host):
         print(f"imgmirror: warning: listening on {host}, not loopback: anyone who can reach it can "
               "pull every image of the bundles (no authentication, no TLS)", file=sys.stderr)
-    catalog = load_catalog(args.bundle)
-    for w in catalog.warnings:
-        print(f"imgmirror: warning: {w}", file=sys.stderr)
+    stop = threading.Event()
+    main = threading.current_thread() is threading.main_thread()    # only it may set handlers
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if main else None
     try:
-        asyncio.run(_serve_forever(catalog, host, port))
+        with api.serve(args.bundle, listen=args.listen) as server:
+            for w in server.warnings:
+                print(f"imgmirror: warning: {w}", file=sys.stderr)
+            print(f"serving {server.images} images on {server.url}", flush=True)
+            while not stop.wait(0.5):        # a timed wait: Ctrl-C is seen at once on every platform
+                pass
     except KeyboardInterrupt:
         pass
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
     print("imgmirror: serve stopped", file=sys.stderr)
     return 0
-
-
-async def _serve_forever(catalog: Catalog, host: str, port: int) -> None:
-    runner, actual = await start_server(host=host, port=port, catalog=catalog)
-    try:
-        shown = f"[{host}]" if ":" in host else host
-        print(f"serving {catalog.images} images on http://{shown}:{actual}", flush=True)
-        stop = asyncio.Event()
-        with contextlib.suppress(NotImplementedError):
-            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        await stop.wait()
-    finally:
-        await runner.cleanup()
