@@ -15,9 +15,6 @@ engine, aiohttp and the bundle reader load only when a function (or a result typ
 
 __version__ = "0.1.0"
 
-import sys as _sys  # noqa: E402
-import types as _types  # noqa: E402
-
 from .api import (ExtractResult, ImageInfo, Server, extract, list_images, push, serve, sync,  # noqa: E402
                   verify)
 from .errors import (AuthError, BundleError, DigestMismatchError, LockHeldError, MirrorError,  # noqa: E402
@@ -31,28 +28,16 @@ _LAZY = ("SyncResult", "ImageReport", "PushResult", "PushReport", "VerifyResult"
 
 def __getattr__(name: str):
     if name in ("SyncResult", "ImageReport"):
-        from .engine.sync import ImageReport, SyncResult
+        from .engine.sync import ImageReport, SyncResult  # noqa: F401  (read through locals())
     elif name in ("PushResult", "PushReport"):
-        from .engine.push import PushReport, PushResult
+        from .engine.push import PushReport, PushResult  # noqa: F401
     elif name == "VerifyResult":
-        from .bundle.verify import VerifyResult
+        from .bundle.verify import VerifyResult  # noqa: F401
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = globals()[name] = locals()[name]
     return value
 
-
-class _Package(_types.ModuleType):
-    """Keeps `mirror.serve` the API function: importing the submodule mirror.serve (the registry
-    app; `from mirror.serve import …` still works) would otherwise rebind the name to it."""
-
-    def __setattr__(self, name, value):
-        if name == "serve" and isinstance(value, _types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-_sys.modules[__name__].__class__ = _Package
 
 
 def __dir__():

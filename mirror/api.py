@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from .engine.sync import SyncResult
 
 PathLike = str | os.PathLike
-DEFAULT_LISTEN = "127.0.0.1:5000"      # as mirror.serve's; kept here so parsing needs no aiohttp
+DEFAULT_LISTEN = "127.0.0.1:5000"      # as mirror.server's; kept here so parsing needs no aiohttp
 
 
 class _Silent(Progress):
@@ -219,7 +219,7 @@ class ImageInfo:
 def list_images(bundle: PathLike) -> list[ImageInfo]:
     """The images of a bundle, read in place. A damaged image is listed with its `problem`
     rather than raised; a path that is not a bundle raises NotABundleError."""
-    from .bundle.verify import list_bundle   # (moving to bundle/listing.py; verify re-exports it)
+    from .bundle.listing import list_bundle
 
     return [ImageInfo.from_json(d) for d in list_bundle(os.fspath(bundle))]
 
@@ -292,7 +292,7 @@ def serve(bundles, *, listen: str = DEFAULT_LISTEN) -> Server:
     import asyncio
     import threading
 
-    from .serve import load_catalog, start_server
+    from .server import load_catalog, start_server
 
     host, port = parse_listen(listen)
     catalog = load_catalog(_paths(bundles))

@@ -31,7 +31,7 @@ import imagegen
 from helpers import run_cli, write_manifest
 from mirror.registry import client as registry_module
 from mirror.errors import MirrorError
-from mirror.serve import load_catalog
+from mirror.server import load_catalog
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

@@ -1,6 +1,6 @@
 """The package's layers, checked: the core is pure, and imports only point downward.
 
-    cli, mirror/__init__  ->  api  ->  engine, serve  ->  registry, bundle, cache, specfile  ->  core
+    cli, mirror/__init__  ->  api  ->  engine, server  ->  registry, bundle, cache, specfile  ->  core
     (errors everywhere)
 """
 
@@ -19,13 +19,13 @@ CORE = sorted(p.stem for p in (PKG / "core").glob("*.py") if p.stem != "__init__
 # what a pure module must not bring in, directly or through another module
 FORBIDDEN = ["aiohttp", "yaml", "tenacity", "asyncio", "socket", "ssl", "subprocess", "tarfile",
              "urllib.request", "http.client", "concurrent.futures", "mirror.registry", "mirror.bundle",
-             "mirror.engine", "mirror.cache", "mirror.specfile", "mirror.cli", "mirror.serve"]
+             "mirror.engine", "mirror.cache", "mirror.specfile", "mirror.cli", "mirror.server"]
 
 # the layer of each top-level piece, and the layers it may import from
 LAYER = {"errors": 0, "core": 1, "registry": 2, "bundle": 2, "cache": 2, "specfile": 2, "progress": 2,
-         "engine": 3, "serve": 3, "api": 4, "cli": 5, "__init__": 5, "__main__": 6}
+         "engine": 3, "server": 3, "api": 4, "cli": 5, "__init__": 5, "__main__": 6}
 # allowed sideways imports at the adapter layer: the bundle writer follows a blob into the cache
-SIDEWAYS = {("bundle", "cache"), ("registry", "cache"), ("engine", "serve")}
+SIDEWAYS = {("bundle", "cache"), ("registry", "cache"), ("engine", "server")}
 
 
 def test_core_modules_are_listed():
@@ -75,7 +75,7 @@ def test_imports_point_downward(path):
 
 
 def test_aiohttp_is_spoken_only_at_the_network_boundary():
-    """Errors from aiohttp are mapped once, in registry/ (and serve.py is an aiohttp app): no
+    """Errors from aiohttp are mapped once, in registry/ (and server.py is an aiohttp app): no
     other module imports it, so none can catch or leak its exceptions."""
     users = set()
     for path in PKG.rglob("*.py"):
@@ -84,4 +84,4 @@ def test_aiohttp_is_spoken_only_at_the_network_boundary():
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             if any(n == "aiohttp" or n.startswith("aiohttp.") for n in names):
                 users.add(str(path.relative_to(PKG)))
-    assert users and {u for u in users if not (u.startswith("registry/") or u == "serve.py")} == set()
+    assert users and {u for u in users if not (u.startswith("registry/") or u == "server.py")} == set()

@@ -20,7 +20,7 @@ from imagegen import TAGS, inspect_raw
 from mirror.errors import UsageError
 from mirror.core.oci import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST
 from mirror.cli.serve import parse_listen
-from mirror.serve import load_catalog, parse_byte_range, start_server
+from mirror.server import load_catalog, parse_byte_range, start_server
 
 KINDS = ["test/base:1.0", "test/app-a:1.0", "test/app-b:1.0", "test/multi:1.0", "test/dockerv2:1.0",
          "test/dockerlist:1.0", "test/raw:1.0"]

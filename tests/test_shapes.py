@@ -101,7 +101,7 @@ def test_big_configs_push_and_serve(big_configs, make_registry, capsys):
     artifact = big_configs["artifact"]
     raw = skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{target.host}/copy/shapes/model:1.0")
     assert raw == artifact.raw
-    from mirror.serve import load_catalog
+    from mirror.server import load_catalog
     catalog = load_catalog([big_configs["bundle"]])
     try:
         assert catalog.images == 3

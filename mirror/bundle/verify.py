@@ -27,7 +27,6 @@ from ..core.oci import ANN_SOURCE_DIGEST, MANIFEST_TYPES, Descriptor, json_probl
 from ..core.units import human
 from ..errors import MirrorError
 from .inventory import Inventory, scan_dir, scan_split, scan_tar
-from .listing import list_bundle  # noqa: F401  (cli/bundle.py imports it from here)
 from .reader import iter_tree, parse_index
 from .tarscan import blob_digest, open_tar, pread, stat_bundle
 from .volumes import find_split
