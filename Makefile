@@ -8,6 +8,7 @@ PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test deps venv bench bench-push bench-scale clean
+.PHONY: bench-wan
 
 deps:
 	@if ! command -v docker-registry >/dev/null || ! command -v skopeo >/dev/null || \
@@ -43,6 +44,10 @@ bench-scale: deps venv
 	@command -v /usr/bin/time >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq time >/dev/null; }
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/bench_scale.py --out docs/benchmarks.md
+
+bench-wan: deps venv
+	@command -v /usr/bin/time >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq time >/dev/null; }
+	$(PY) benchmarks/bench_wan.py --out docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) .demo bundles build *.egg-info

@@ -1,0 +1,607 @@
+#!/usr/bin/env python3
+"""WAN benchmark: `imgmirror sync` against the skopeo loop through a pacing proxy.
+
+    .venv/bin/python benchmarks/bench_wan.py [--scale 0.25] [--runs 3] [--meta-skopeo-runs 1]
+        [--rtt 0.04] [--conn-rate 10] [--link-rate 60] [--out docs/benchmarks.md]
+
+Users do not sync from a registry on 127.0.0.1: between them and Docker Hub or GHCR there is a
+link with a round-trip time and a bandwidth, and there the tool is measured against the link
+floor (unique bytes / link rate), not against CPU.  This benchmark puts benchmarks/wanproxy.py
+(a separate process; what it models is in its docstring: one RTT per request/response, two per
+new connection for TCP and TLS, each connection paced to --conn-rate, all of them together to
+--link-rate) in front of one local `docker-registry`, and points both tools at the proxy's
+port, in one invocation, on two sets:
+
+a. bench_sync.py's set (24 images, 8 of them two-platform indexes, on 3 base images) at
+   --scale (0.25: about 125 MiB of unique layers): the bandwidth-bound case;
+b. a metadata-bound set: 150 small images in 10 repositories (15 tags each; every image one
+   256 KiB base layer shared within its repository and one small layer of its own, 4-32 KiB):
+   a few MiB in all, so round trips, not bytes, set the pace.
+
+Each set: --runs alternating runs (imgmirror, skopeo, ...), each cold (empty cache, no
+output): `imgmirror sync MANIFEST -o OUT.tar --cache EMPTY` with its defaults, and
+`skopeo copy --all --preserve-digests` of each image in turn into one OCI layout, then
+`tar -cf` (bench_sync.run_skopeo).  skopeo on set b takes 150 processes, so it runs
+--meta-skopeo-runs times (default 1).  Then `imgmirror --version` 5 times (no proxy).
+
+Reported: wall time of each (median), the link floor (unique bytes / link rate), tool / floor,
+imgmirror / skopeo; from the proxy's log, the requests and connections each tool used, and for
+set b the estimate requests x RTT / connections (connections: the most the tool had open at
+once).  For imgmirror's first run of each set, where its time goes: start-up (process start to
+its first connection), metadata (to the first layer byte), transfer (to the last byte),
+tail (to the process's exit), and the requests in flight and MB/s delivered over time.
+
+Sets are built and pushed once, then reused: the layouts under benchmarks/work/wan/sets-*/,
+the registry's storage under benchmarks/work/wan/registry/ (rebuilt when a set changes).
+The script imports nothing from mirror/: the tools run as subprocesses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import datetime as dt
+import hashlib
+import inspect
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_sync as bs  # noqa: E402  (puts tests/ on sys.path too)
+from bench_sync import MiB, ROOT, log, process_cpu  # noqa: E402
+import imagegen  # noqa: E402
+from registries import missing_tools, start_registry  # noqa: E402
+
+MARK_BEGIN = "<!-- bench_wan:begin (written by benchmarks/bench_wan.py; do not edit by hand) -->"
+MARK_END = "<!-- bench_wan:end -->"
+
+META_VERSION = 1
+META_REPOS, META_TAGS = 10, 15
+META_BASE = 256 * 1024
+META_OWN = (4 * 1024, 32 * 1024)
+
+BUCKET = 0.5   # seconds per step of the timelines
+
+
+# --------------------------------------------------------------------------------------------
+# Set b: many small images
+# --------------------------------------------------------------------------------------------
+
+
+def meta_key() -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([META_VERSION, META_REPOS, META_TAGS, META_BASE, META_OWN]).encode())
+    for fn in (imagegen.random_bytes, imagegen._tar, imagegen.make_layer, imagegen.make_image,
+               imagegen._json_bytes, build_meta_set):
+        h.update(inspect.getsource(fn).encode())
+    return h.hexdigest()[:16]
+
+
+def build_meta_set(sets_dir: Path) -> tuple[Path, dict]:
+    """One OCI layout holding the 150 small images (reused when already built)."""
+    key = meta_key()
+    set_dir = sets_dir / f"meta-{key}"
+    desc_path = set_dir / "set.json"
+    if desc_path.exists():
+        log(f"reusing the metadata-bound set in {set_dir.relative_to(ROOT)}")
+        return set_dir / "layout", json.loads(desc_path.read_text())
+    shutil.rmtree(sets_dir, ignore_errors=True)
+    layout = set_dir / "layout"
+    blob_dir = layout / "blobs" / "sha256"
+    blob_dir.mkdir(parents=True)
+    t0 = time.perf_counter()
+    entries, images, layer_digests = [], [], set()
+    for r in range(META_REPOS):
+        repo = f"meta/repo-{r:02d}"
+        base = imagegen.make_layer(f"meta:{repo}:base", META_BASE)
+        for t in range(META_TAGS):
+            tag = f"t{t:02d}"
+            size = random.Random(f"meta-size:{repo}:{tag}").randint(*META_OWN)
+            own = imagegen.make_layer(f"meta:{repo}:{tag}", size)
+            img = imagegen.make_image([base, own], labels={"org.opencontainers.image.title": f"{repo}:{tag}"})
+            for blob in (*img.blobs(), img.manifest):
+                bs._write_blob(blob_dir, blob)
+            layer_digests.update((base.digest, own.digest))
+            name = f"repo-{r:02d}-{tag}"
+            entries.append(img.manifest.descriptor(annotations={"org.opencontainers.image.ref.name": name}))
+            images.append({"name": name, "repo": repo, "tag": tag, "digest": img.digest})
+    (layout / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+    (layout / "index.json").write_text(json.dumps(
+        {"schemaVersion": 2, "mediaType": imagegen.OCI_INDEX, "manifests": entries}, indent=1))
+    blobs = {"sha256:" + p.name: p.stat().st_size for p in blob_dir.iterdir()}
+    desc = {"key": key, "images": images, "blobs": blobs, "layers": len(layer_digests),
+            "layer_digests": sorted(layer_digests),
+            "layer_bytes": sum(blobs[d] for d in layer_digests),
+            "other_blobs": len(blobs) - len(layer_digests),
+            "other_bytes": sum(s for d, s in blobs.items() if d not in layer_digests),
+            "build_seconds": round(time.perf_counter() - t0, 2)}
+    tmp = desc_path.with_name("set.json.tmp")
+    tmp.write_text(json.dumps(desc, indent=1))
+    os.replace(tmp, desc_path)
+    log(f"built the metadata-bound set in {desc['build_seconds']} s: {len(blobs)} blobs, "
+        f"{(desc['layer_bytes'] + desc['other_bytes']) / MiB:.1f} MiB")
+    return layout, desc
+
+
+def push_meta_set(layout: Path, desc: dict, host: str) -> None:
+    def one(img: dict) -> None:
+        got = imagegen.push(layout, host, img["repo"], img["tag"], ref_name=img["name"])
+        if got != img["digest"]:
+            raise RuntimeError(f"{img['repo']}:{img['tag']}: pushed {got}, built {img['digest']}")
+
+    firsts = [i for i in desc["images"] if i["tag"] == "t00"]   # the repository's base layer first
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(one, firsts))
+        list(pool.map(one, [i for i in desc["images"] if i["tag"] != "t00"]))
+
+
+def registry_with_sets(wan_dir: Path, sets: list[tuple[Path, dict, str]]):
+    """A registry holding both sets: its storage is kept between invocations and pushed to
+    only when a set changed.  Returns (registry, seconds spent pushing or None)."""
+    reg_dir = wan_dir / "registry"
+    marker = reg_dir / "pushed.json"
+    keys = [d["key"] for _, d, _ in sets]
+    if marker.exists() and json.loads(marker.read_text()) == keys:
+        (reg_dir / "registry.log").unlink(missing_ok=True)
+        reg = start_registry(reg_dir)
+        log(f"registry on {reg.host}, reusing its storage (both sets already pushed)")
+        return reg, None
+    shutil.rmtree(reg_dir, ignore_errors=True)
+    reg = start_registry(reg_dir)
+    try:
+        t0 = time.perf_counter()
+        for layout, desc, kind in sets:
+            log(f"registry on {reg.host}; pushing set {kind} ({len(desc['images'])} images)")
+            if kind == "a":
+                bs.push_set(layout, desc, reg.host)
+            else:
+                push_meta_set(layout, desc, reg.host)
+        seconds = time.perf_counter() - t0
+    except BaseException:
+        reg.stop()
+        raise
+    marker.write_text(json.dumps(keys))
+    log(f"pushed in {seconds:.1f} s")
+    return reg, seconds
+
+
+# --------------------------------------------------------------------------------------------
+# The proxy and its log
+# --------------------------------------------------------------------------------------------
+
+
+class ProxyProcess:
+    def __init__(self, upstream: str, log_path: Path, args) -> None:
+        self.log_path = log_path
+        log_path.unlink(missing_ok=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("wanproxy.py")), "--upstream", upstream,
+             "--rtt", str(args.rtt), "--conn-rate", str(args.conn_rate), "--link-rate", str(args.link_rate),
+             "--handshake-rtts", str(args.handshake_rtts), "--log", str(log_path)],
+            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith("listening on "):
+            self.stop()
+            raise RuntimeError(f"wanproxy did not start: {line!r}")
+        self.host = line.split()[-1]
+        self.offset = 0
+
+    def take(self, timeout: float = 10) -> list[dict]:
+        """The connection records logged since the last call, once every connection opened
+        since then has closed (the tool has exited; the proxy may lag a moment)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with open(self.log_path) as fh:
+                fh.seek(self.offset)
+                text = fh.read()
+            complete = text[:text.rfind("\n") + 1]
+            docs = [json.loads(line) for line in complete.splitlines()]
+            opened = {d["open"] for d in docs if "open" in d}
+            closed = [d for d in docs if "id" in d]
+            if opened <= {d["id"] for d in closed} or time.monotonic() > deadline:
+                if time.monotonic() > deadline:
+                    log(f"note: {len(opened - {d['id'] for d in closed})} connections still open in the proxy")
+                self.offset += len(complete.encode())
+                return closed
+            time.sleep(0.05)
+
+    def cpu(self) -> float:
+        return process_cpu(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def kind_of(method: str, path: str) -> str:
+    p = path.split("?", 1)[0]
+    if p.rstrip("/") == "/v2":
+        return "GET /v2/ (ping)" if method == "GET" else f"{method} /v2/"
+    for part, name in (("/manifests/", "manifest"), ("/blobs/uploads", "upload"), ("/blobs/", "blob"),
+                       ("/tags/list", "tags list"), ("/referrers/", "referrers")):
+        if part in p:
+            return f"{method} {name}"
+    return f"{method} other"
+
+
+def analyse(conns: list[dict], t_start: float, t_end: float, layers: set[str], rtt: float) -> dict:
+    """What the proxy saw of one run of one tool."""
+    real = [c for c in conns if not c["tls_probe"]]
+    reqs = sorted((r for c in real for r in c["requests"]), key=lambda r: r[0])
+    kinds = collections.Counter(kind_of(r[3], r[4]) for r in reqs)
+    statuses = collections.Counter((kind_of(r[3], r[4]), r[5]) for r in reqs if r[5] and not 200 <= r[5] < 300)
+    events = sorted([(c["accept"], 1) for c in real] + [(c["close"], -1) for c in real])
+    peak = cur = 0
+    for _, d in events:
+        cur += d
+        peak = max(peak, cur)
+    out = {"requests": len(reqs), "kinds": kinds, "statuses": statuses, "connections": len(real),
+           "tls_probes": len(conns) - len(real), "peak_connections": peak,
+           "down_bytes": sum(c["down"] for c in real)}
+    out["estimate"] = len(reqs) * rtt / peak if peak else None
+    if not reqs:
+        return out
+    first_conn = min(c["accept"] for c in real)
+
+    def blob_of(r) -> str | None:
+        return r[4].split("?", 1)[0].rsplit("/", 1)[-1] if r[3] == "GET" and "/blobs/sha256:" in r[4] else None
+
+    blob_reqs = [r for r in reqs if blob_of(r)]
+    layer_reqs = [r for r in blob_reqs if blob_of(r) in layers and r[1]]
+    last = max(r[2] or r[0] for r in reqs)
+    out.update(t_first_conn=first_conn - t_start, t_last_byte=last - t_start,
+               tail=t_end - last, wall=t_end - t_start)
+    if blob_reqs:
+        first_blob_sent = min(r[0] for r in blob_reqs)
+        out.update(t_first_blob_sent=first_blob_sent - t_start,
+                   before_first_blob=sum(1 for r in reqs if r[0] < first_blob_sent))
+    if layer_reqs:
+        first_layer_byte = min(r[1] for r in layer_reqs)
+        out.update(t_first_layer_byte=first_layer_byte - t_start, transfer=last - first_layer_byte)
+    # Latency: request sent -> first byte of its answer (RTT + server + pacing; a connection's
+    # first request also waits for its handshake).  Gap: a connection idle between the end of
+    # one answer and the next request (the client's own time).
+    later = [r for c in real for r in c["requests"][1:] if r[1]]
+    out["latency_ms"] = statistics.median(r[1] - r[0] for r in later) * 1000 if later else None
+    gaps = [b[0] - a[2] for c in real for a, b in zip(c["requests"], c["requests"][1:]) if a[2]]
+    out["gap_ms"] = statistics.median(gaps) * 1000 if gaps else None
+    out["idle_per_conn"] = sum(gaps) / len(real) if gaps else 0.0
+    # Configs (the blobs that are not layers) asked for after the last layer was: each costs a
+    # round trip whatever its size, and at the end nothing else hides it.
+    configs = [r for r in blob_reqs if blob_of(r) not in layers]
+    if layer_reqs and configs:
+        last_layer_sent = max(r[0] for r in layer_reqs)
+        late = [r for r in configs if r[0] > last_layer_sent]
+        out["configs"] = len(configs)
+        out["configs_late"] = len(late)
+        out["configs_tail"] = max(0.0, max((r[2] or r[0]) for r in late) - max(r[2] for r in layer_reqs)) if late else 0.0
+    # Timelines from the process start, in BUCKET steps: requests in flight (time-weighted
+    # mean) and MB/s handed to the client (each response's bytes spread over its duration).
+    n = int((t_end - t_start) / BUCKET) + 1
+    inflight, rate = [0.0] * n, [0.0] * n
+    for r in reqs:
+        a, b = r[0] - t_start, (r[2] or r[0]) - t_start
+        for i in range(max(0, int(a / BUCKET)), min(n, int(b / BUCKET) + 1)):
+            lo, hi = max(a, i * BUCKET), min(b, (i + 1) * BUCKET)
+            if hi > lo:
+                inflight[i] += (hi - lo) / BUCKET
+        if r[1] and r[6]:
+            f, b2 = r[1] - t_start, r[2] - t_start
+            span = max(b2 - f, 1e-6)
+            for i in range(max(0, int(f / BUCKET)), min(n, int(b2 / BUCKET) + 1)):
+                lo, hi = max(f, i * BUCKET), min(b2, (i + 1) * BUCKET)
+                if b2 - f < 1e-6 and i == int(f / BUCKET):
+                    rate[i] += r[6] / BUCKET / 1e6
+                elif hi > lo:
+                    rate[i] += r[6] * (hi - lo) / span / BUCKET / 1e6
+    out.update(inflight=inflight, rate=rate)
+    out["mean_inflight"] = sum((r[2] or r[0]) - r[0] for r in reqs) / max(last - first_conn, 1e-6)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Runs
+# --------------------------------------------------------------------------------------------
+
+
+def time_version(imgmirror: str, n: int = 5) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        subprocess.run([imgmirror, "--version"], capture_output=True, check=True, env=bs.child_env())
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def run_set(kind: str, desc: dict, imgmirror: str, proxy: ProxyProcess, reg, run_dir: Path, args) -> dict:
+    images = desc["images"]
+    manifest = run_dir / f"mirror-{kind}.yaml"
+    if kind == "a":
+        manifest.write_text("version: 1\nimages:\n" + "".join(
+            f"  - source: {proxy.host}/{i['repo']}:{i['tag']}\n" for i in images))
+    else:
+        by_repo: dict[str, list[str]] = {}
+        for i in images:
+            by_repo.setdefault(i["repo"], []).append(i["tag"])
+        manifest.write_text("version: 1\nimages:\n" + "".join(
+            f"  - source: {proxy.host}/{repo}\n    tags: [{', '.join(tags)}]\n" for repo, tags in by_repo.items()))
+    layer_set = layer_digests(desc)
+    expected = desc["blobs"]
+    res = {"imgmirror": [], "skopeo": []}
+    sk_runs = args.runs if kind == "a" else min(args.runs, args.meta_skopeo_runs)
+    for i in range(1, args.runs + 1):
+        proxy.take(timeout=2)
+        cpu0, pcpu0 = process_cpu(reg.process.pid), proxy.cpu()
+        r = bs.run_imgmirror(imgmirror, manifest, run_dir / f"{kind}-imgmirror-{i}", args.timeout)
+        t1 = time.time()
+        t0 = t1 - r["proc"].wall   # the process's own start (run_imgmirror first empties its directory)
+        r["registry_cpu"], r["proxy_cpu"] = process_cpu(reg.process.pid) - cpu0, proxy.cpu() - pcpu0
+        r["wan"] = analyse(proxy.take(), t0, t1, layer_set, args.rtt)
+        if i == 1 and bs.tar_blobs(r["tar"]) != expected:
+            raise RuntimeError(f"set {kind}: imgmirror's bundle does not hold exactly the blobs of the set")
+        shutil.rmtree(r["tar"].parent, ignore_errors=True)
+        log(f"set {kind} run {i}: imgmirror {r['proc'].wall:.2f} s, {r['wan']['requests']} requests, "
+            f"{r['wan']['connections']} connections (peak {r['wan']['peak_connections']})")
+        res["imgmirror"].append(r)
+        if i > sk_runs:
+            continue
+        cpu0, pcpu0 = process_cpu(reg.process.pid), proxy.cpu()
+        s = bs.run_skopeo(images, proxy.host, run_dir / f"{kind}-skopeo-{i}", args.timeout)
+        t1 = time.time()
+        t0 = t1 - s["wall"]
+        s["registry_cpu"], s["proxy_cpu"] = process_cpu(reg.process.pid) - cpu0, proxy.cpu() - pcpu0
+        s["wan"] = analyse(proxy.take(), t0, t1, layer_set, args.rtt)
+        if i == 1 and bs.tar_blobs(s["tar"]) != expected:
+            raise RuntimeError(f"set {kind}: skopeo's layout does not hold exactly the blobs of the set")
+        shutil.rmtree(s["tar"].parent, ignore_errors=True)
+        log(f"set {kind} run {i}: skopeo   {s['wall']:.2f} s, {s['wan']['requests']} requests, "
+            f"{s['wan']['connections']} connections (+{s['wan']['tls_probes']} TLS probes)")
+        res["skopeo"].append(s)
+    return res
+
+
+def layer_digests(desc: dict) -> set[str]:
+    """The layer blobs of a set (the rest are configs and manifests)."""
+    if "layer_digests" in desc:
+        return set(desc["layer_digests"])
+    # bench_sync's set.json lists the layer count, not the digests: layers are its large blobs,
+    # the smallest of which is MIN_LAYER-sized data in a tar, larger than any JSON we write.
+    others = sorted(desc["blobs"].items(), key=lambda kv: kv[1])[:desc["other_blobs"]]
+    return set(desc["blobs"]) - {d for d, _ in others}
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+def fmt_s(xs: list[float]) -> str:
+    return ", ".join(f"{x:.2f}" for x in xs)
+
+
+def series(xs: list[float], digits: int = 0) -> str:
+    while xs and xs[-1] == 0:
+        xs = xs[:-1]
+    return " ".join(f"{x:.{digits}f}" for x in xs)
+
+
+def render(m: dict, sets: dict, res: dict, args) -> str:
+    link = args.link_rate * 1e6
+    lines = [
+        f"## imgmirror and skopeo over a WAN, RTT {args.rtt * 1000:g} ms, {args.conn_rate:g} MB/s per connection, "
+        f"{args.link_rate:g} MB/s link ({res['date']})",
+        "",
+        f"- Machine: {m['nproc']} CPUs ({m['cpu']}), {m['mem_gib']:.1f} GiB RAM, Linux {m['kernel']}; "
+        f"Python {m['python']}, imgmirror {m['imgmirror']}, skopeo {m['skopeo']}, "
+        f"docker-registry (distribution) {m['registry']}.",
+        f"- Link: benchmarks/wanproxy.py between the tools and a local `docker-registry`: {args.rtt * 1000:g} ms "
+        f"per request/response, {args.handshake_rtts:g} RTTs more per new connection (TCP + TLS), each "
+        f"connection paced to {args.conn_rate:g} MB/s and all together to {args.link_rate:g} MB/s "
+        f"(MB = 10^6 bytes); no slow start, no loss. Proxy, registry and tool share the {m['nproc']} cores.",
+    ]
+    for kind in ("a", "b"):
+        d = sets[kind]
+        unique = sum(d["blobs"].values())
+        n_img = len(d["images"])
+        if kind == "a":
+            n_multi = sum(1 for i in d["images"] if len(i["platforms"]) > 1)
+            what = (f"(a) bench_sync.py's set at scale {args.scale:g}: {n_img} images ({n_multi} two-platform "
+                    f"OCI indexes) on 3 base images, {len(d['blobs'])} unique blobs ({d['layers']} layers), "
+                    f"{bs.mib(unique)}")
+        else:
+            what = (f"(b) metadata-bound: {n_img} images in {META_REPOS} repositories ({META_TAGS} tags each; "
+                    f"a {META_BASE // 1024} KiB base layer per repository and a {META_OWN[0] // 1024}-"
+                    f"{META_OWN[1] // 1024} KiB layer per image), {len(d['blobs'])} unique blobs, {bs.mib(unique)}")
+        lines.append(f"- Set {what}; link floor {unique / link:.2f} s.")
+    lines += [
+        f"- Runs alternate (imgmirror, skopeo, ...), every one cold (empty cache, no output): imgmirror with its "
+        f"defaults (8 parallel transfers), skopeo `copy --all --preserve-digests` one image after another into "
+        f"one OCI layout, then `tar -cf`; {args.runs} runs of each, skopeo on set b "
+        f"{min(args.runs, args.meta_skopeo_runs)} (150 processes). Wall time around the whole job.",
+        "",
+        "| set | tool | median wall (s) | each run (s) | link floor (s) | wall / floor | requests | "
+        "connections (peak at once) | requests x RTT / peak connections (s) |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    summary = {}
+    for kind in ("a", "b"):
+        d = sets[kind]
+        floor = sum(d["blobs"].values()) / link
+        for tool in ("imgmirror", "skopeo"):
+            rs = res[kind][tool]
+            walls = [r["proc"].wall if tool == "imgmirror" else r["wall"] for r in rs]
+            med = statistics.median(walls)
+            w = rs[0]["wan"]
+            summary[(kind, tool)] = med
+            label = "`imgmirror sync`" if tool == "imgmirror" else f"`skopeo copy` x{len(d['images'])} + `tar -cf`"
+            est = f"{w['estimate']:.2f}" if w["estimate"] else "–"
+            lines.append(f"| {kind} | {label} | {med:.2f} | {fmt_s(walls)} | {floor:.2f} | {med / floor:.2f} | "
+                         f"{w['requests']} | {w['connections']} ({w['peak_connections']}) | {est} |")
+    fa = sum(sets["a"]["blobs"].values()) / link
+    ia, ib = summary[("a", "imgmirror")], summary[("b", "imgmirror")]
+    est_b = statistics.median(r["wan"]["estimate"] for r in res["b"]["imgmirror"])
+    min_req_b = len(sets["b"]["blobs"])
+    v = statistics.median(res["version"])
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "not met"
+
+    lines += [
+        "",
+        f"**imgmirror / skopeo (median wall): set a {ia / summary[('a', 'skopeo')]:.2f}, set b "
+        f"{ib / summary[('b', 'skopeo')]:.2f}.** Targets: cold sync within 1.05x of the link floor: "
+        f"{ia / fa:.2f}x on set a ({verdict(ia <= 1.05 * fa)}); cold metadata-bound run within 1.2x of "
+        f"requests x RTT / connections: {ib:.2f} s against {est_b:.2f} s ({ib / est_b:.2f}x, "
+        f"{verdict(ib <= 1.2 * est_b)}; with the {min_req_b} requests the set needs at least, one per manifest "
+        f"and blob, over 8 connections: {min_req_b * args.rtt / 8:.2f} s); `imgmirror --version` "
+        f"{v:.2f} s, median of 5 ({fmt_s(res['version'])}; {verdict(v < 0.2)}, target under 0.2 s).",
+        "",
+        "Where imgmirror's time goes (its median run on each set; seconds from the process start, from the proxy's log):",
+        "",
+        "| set | wall | first connection | first blob request (requests before it) | first layer byte | "
+        "last byte | exit after last byte | mean requests in flight | latency, median | gap, median | "
+        "configs asked for after the last layer (time they add) | layer bytes / (last byte - first layer byte) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    def median_run(kind: str) -> dict:
+        rs = sorted(res[kind]["imgmirror"], key=lambda r: r["proc"].wall)
+        return rs[(len(rs) - 1) // 2]["wan"]
+
+    for kind in ("a", "b"):
+        w = median_run(kind)
+        thr = f"{sets[kind]['layer_bytes'] / w['transfer'] / 1e6:.1f} MB/s" if w.get("transfer") else "–"
+        small = f"{w['configs_late']} of {w['configs']} ({w['configs_tail']:.2f} s)" if "configs" in w else "–"
+        lines.append(
+            f"| {kind} | {w['wall']:.2f} | {w['t_first_conn']:.2f} | {w.get('t_first_blob_sent', 0):.2f} "
+            f"({w.get('before_first_blob', '–')}) | {w.get('t_first_layer_byte', 0):.2f} | {w['t_last_byte']:.2f} | "
+            f"{w['tail']:.2f} | {w['mean_inflight']:.1f} | {w['latency_ms']:.0f} ms | {w['gap_ms']:.1f} ms | "
+            f"{small} | {thr} |")
+    lines += [
+        "",
+        f"Latency: a request's first byte at the proxy to the first byte of its answer handed back (one RTT, "
+        f"{args.rtt * 1000:g} ms, plus the registry's time and pacing; a connection's first request left out). Gap: a "
+        f"connection idle between the end of one answer and the next request (the client's own time). Configs: "
+        f"image configs requested after the last layer request, and the time from the last layer byte to their last "
+        f"byte.",
+    ]
+    lines += ["", f"Timelines of those runs, one figure per {BUCKET:g} s from the process start:", ""]
+    for kind in ("a", "b"):
+        w = median_run(kind)
+        lines.append(f"- set {kind}, requests in flight: {series(w['inflight'])}")
+        lines.append(f"- set {kind}, MB/s delivered: {series(w['rate'])}")
+    # Request mix, set b (and a), first run of each tool.
+    all_kinds = sorted({k for kind in ("a", "b") for tool in ("imgmirror", "skopeo")
+                        for k in res[kind][tool][0]["wan"]["kinds"]})
+    lines += ["", "| requests through the proxy (first run) | imgmirror a | skopeo a | imgmirror b | skopeo b |",
+              "|---|---:|---:|---:|---:|"]
+    for k in all_kinds:
+        cells = []
+        for kind in ("a", "b"):
+            for tool in ("imgmirror", "skopeo"):
+                w = res[kind][tool][0]["wan"]
+                n = w["kinds"].get(k, 0)
+                bad = {s: c for (kk, s), c in w["statuses"].items() if kk == k}
+                extra = "".join(f" ({c}x {s})" for s, c in sorted(bad.items()))
+                cells.append(f"{n}{extra}" if n else "–")
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    cells = []
+    for kind in ("a", "b"):
+        for tool in ("imgmirror", "skopeo"):
+            w = res[kind][tool][0]["wan"]
+            cells.append(f"{w['requests']} / {w['connections']} / {w['tls_probes']}")
+    lines.append("| all / connections / TLS probes | " + " | ".join(cells) + " |")
+    cpu = []
+    for kind in ("a", "b"):
+        for tool in ("imgmirror", "skopeo"):
+            rs = res[kind][tool]
+            tool_cpu = statistics.median(r["proc"].cpu if tool == "imgmirror" else r["cpu"] for r in rs)
+            cpu.append(f"{kind} {tool} {tool_cpu:.2f} / {statistics.median(r['registry_cpu'] for r in rs):.2f} / "
+                       f"{statistics.median(r['proxy_cpu'] for r in rs):.2f}")
+    lines += [
+        "",
+        "A status in brackets is one other than 2xx. A TLS probe is skopeo trying HTTPS first (the proxy closes it at "
+        "once, free). CPU seconds, median, tool / registry / proxy: " + "; ".join(cpu) + ".",
+        "",
+        f"Sets {'reused from benchmarks/work/wan' if res['push_seconds'] is None else 'pushed in %.0f s' % res['push_seconds']}; "
+        f"the whole benchmark took {res['total_seconds']:.0f} s. Command: `{res['command']}`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--scale", type=float, default=0.25, help="bench_sync set's layer size factor (0.25: ~125 MiB)")
+    ap.add_argument("--runs", type=int, default=3, help="timed runs of each tool on each set (median reported)")
+    ap.add_argument("--meta-skopeo-runs", type=int, default=1,
+                    help="runs of skopeo on the metadata-bound set (150 processes each; at most --runs)")
+    ap.add_argument("--rtt", type=float, default=0.040, help="round-trip time in seconds (0.040)")
+    ap.add_argument("--conn-rate", type=float, default=10.0, help="MB/s per connection (10)")
+    ap.add_argument("--link-rate", type=float, default=60.0, help="MB/s of the link, all connections (60)")
+    ap.add_argument("--handshake-rtts", type=float, default=2.0, help="RTTs per new connection, TCP + TLS (2)")
+    ap.add_argument("--imgmirror", help="the imgmirror executable (default: the one next to this Python)")
+    ap.add_argument("--out", type=Path, help="markdown file to write the results into (default: print only)")
+    ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work", help="scratch directory")
+    ap.add_argument("--timeout", type=float, default=600, help="seconds allowed to any one process")
+    args = ap.parse_args(argv)
+    if args.scale <= 0 or args.runs < 1 or args.meta_skopeo_runs < 1:
+        ap.error("--scale must be > 0, --runs and --meta-skopeo-runs >= 1")
+    if missing_tools():
+        print(f"missing {', '.join(missing_tools())}: apt-get install docker-registry skopeo", file=sys.stderr)
+        return 2
+    imgmirror = args.imgmirror or shutil.which("imgmirror", path=str(Path(sys.executable).parent)) \
+        or shutil.which("imgmirror")
+    if not imgmirror:
+        print("imgmirror is not installed in this environment (pip install -e .)", file=sys.stderr)
+        return 2
+
+    started = time.perf_counter()
+    wan_dir = args.work / "wan"
+    layout_a, desc_a = bs.build_set(args.scale, wan_dir / "sets-a")
+    layout_b, desc_b = build_meta_set(wan_dir / "sets-b")
+    reg, push_seconds = registry_with_sets(wan_dir, [(layout_a, desc_a, "a"), (layout_b, desc_b, "b")])
+    run_dir = wan_dir / "run"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    proxy = None
+    try:
+        bs.warm_page_cache(reg.storage_dir)
+        proxy = ProxyProcess(reg.host, run_dir / "proxy.jsonl", args)
+        log(f"proxy on {proxy.host} -> registry {reg.host}")
+        res: dict = {"date": dt.date.today().isoformat(), "push_seconds": push_seconds,
+                     "command": " ".join([".venv/bin/python benchmarks/bench_wan.py", *(argv or sys.argv[1:])])}
+        res["a"] = run_set("a", desc_a, imgmirror, proxy, reg, run_dir, args)
+        res["b"] = run_set("b", desc_b, imgmirror, proxy, reg, run_dir, args)
+        res["version"] = time_version(imgmirror)
+        log(f"imgmirror --version: {fmt_s(res['version'])} s")
+    finally:
+        if proxy:
+            proxy.stop()
+        reg.stop()
+    res["total_seconds"] = time.perf_counter() - started
+    section = render(bs.machine_info(imgmirror), {"a": desc_a, "b": desc_b}, res, args)
+    print(section)
+    if args.out:
+        bs.write_out(args.out, section, MARK_BEGIN, MARK_END)
+        log(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
