@@ -23,7 +23,8 @@ from .errors import (AuthError, BundleError, DigestMismatchError, LockHeldError,
 from .progress import Progress  # noqa: E402
 
 # Result types whose modules are heavy (the engine imports aiohttp): loaded on first use (PEP 562).
-_LAZY = ("SyncResult", "ImageReport", "PushResult", "PushReport", "VerifyResult")
+_LAZY = ("SyncResult", "ImageReport", "PushResult", "PushReport", "VerifyResult", "SyncTotals",
+         "PushTotals", "BundleSummary")
 
 
 def __getattr__(name: str):
@@ -31,6 +32,8 @@ def __getattr__(name: str):
         from .engine.sync import ImageReport, SyncResult  # noqa: F401  (read through locals())
     elif name in ("PushResult", "PushReport"):
         from .engine.push import PushReport, PushResult  # noqa: F401
+    elif name in ("SyncTotals", "PushTotals", "BundleSummary"):
+        from .engine.report import BundleSummary, PushTotals, SyncTotals  # noqa: F401
     elif name == "VerifyResult":
         from .bundle.verify import VerifyResult  # noqa: F401
     else:
@@ -50,7 +53,7 @@ __all__ = [
     "sync", "push", "verify", "list_images", "extract", "serve",
     # results
     "SyncResult", "ImageReport", "PushResult", "PushReport", "VerifyResult", "ImageInfo",
-    "ExtractResult", "Server", "Progress",
+    "ExtractResult", "Server", "Progress", "SyncTotals", "PushTotals", "BundleSummary",
     # errors
     "MirrorError", "UsageError", "SpecError", "ReferenceError_", "PlatformError", "RegistryError",
     "AuthError", "NotFoundError", "TransientError", "DigestMismatchError", "UnsupportedManifestError",

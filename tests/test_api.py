@@ -59,8 +59,8 @@ def test_sync_to_a_bundle_returns_the_result_and_prints_nothing(registry, tmp_pa
     assert isinstance(result, mirror.SyncResult)
     assert {i.reference: (i.status, i.digest) for i in result.images} == \
         {ref: ("ok", d) for ref, d in digests.items()}
-    assert result.totals["failed"] == 0 and result.push is None
-    assert result.bundle["path"] == str(tmp_path / "b.tar")
+    assert result.totals.failed == 0 and result.push is None
+    assert result.bundle.path == str(tmp_path / "b.tar")
     b = Bundle(tmp_path / "b.tar")
     assert {ref: b.entry(ref)["digest"] for ref in digests} == digests
     assert capsys.readouterr() == ("", "")          # progress=None: a library call is silent
@@ -78,7 +78,7 @@ def test_sync_with_a_progress_reports_through_it(registry, tmp_path, capsys):
 def test_sync_dry_run_writes_nothing(registry, tmp_path):
     manifest, digests = _seed(registry, tmp_path)
     result = mirror.sync(str(manifest), output=tmp_path / "b.tar", cache=tmp_path / "c", dry_run=True)
-    assert [i.status for i in result.images] == ["ok", "ok"] and result.totals["blobs"] > 0
+    assert [i.status for i in result.images] == ["ok", "ok"] and result.totals.blobs > 0
     assert result.bundle is None and not (tmp_path / "b.tar").exists()
 
 
@@ -88,7 +88,7 @@ def test_sync_to_a_registry_and_a_bundle_at_once(registry, make_registry, tmp_pa
     result = mirror.sync(manifest, to=f"{target.host}/mirror", output=tmp_path / "b.tar",
                          cache=tmp_path / "c", jobs=2)
     assert isinstance(result.push, mirror.PushResult)
-    assert result.push.totals["failed"] == 0 and result.push.destination == f"{target.host}/mirror"
+    assert result.push.totals.failed == 0 and result.push.destination == f"{target.host}/mirror"
     for ref, digest in digests.items():
         assert sha256(inspect_raw(target.host, "mirror/" + ref.split("/", 1)[1])) == digest
     assert mirror.verify(tmp_path / "b.tar").ok
@@ -99,7 +99,7 @@ def test_sync_takes_a_loaded_spec(registry, tmp_path):
     manifest, digests = _seed(registry, tmp_path)
     spec = load_spec(manifest)
     result = mirror.sync(spec, output=f"{tmp_path}/layout/", cache=tmp_path / "c")
-    assert result.totals["ok"] == 2 and (tmp_path / "layout" / "index.json").is_file()
+    assert result.totals.ok == 2 and (tmp_path / "layout" / "index.json").is_file()
 
 
 def test_push_a_bundle_and_a_chain(bundle, make_registry, tmp_path):
@@ -107,11 +107,11 @@ def test_push_a_bundle_and_a_chain(bundle, make_registry, tmp_path):
     target = make_registry()
     result = mirror.push(path, target.host, chunk_size=64 * 1024, jobs=2)
     assert isinstance(result, mirror.PushResult) and isinstance(result.images[0], mirror.PushReport)
-    assert result.totals["ok"] == 2 and result.totals["blobs_uploaded"] > 0
+    assert result.totals.ok == 2 and result.totals.blobs_uploaded > 0
     for ref, digest in digests.items():
         assert sha256(inspect_raw(target.host, ref.split("/", 1)[1])) == digest
     again = mirror.push([path], target.host, dry_run=True)      # a list of bundles; nothing new
-    assert again.totals["ok"] == 2 and again.totals["blobs_uploaded"] == 0
+    assert again.totals.ok == 2 and again.totals.blobs_uploaded == 0
 
 
 def test_verify_a_path_and_a_stream(bundle):

@@ -139,7 +139,7 @@ def test_each_blob_is_uploaded_once_and_mounted_elsewhere(names, uploads, mounts
     bundle, registry = FakeBundle(), FakeRegistry()
     images = [(names[0], image(bundle, BASE, APP_A)), (names[1], image(bundle, BASE, APP_B))]
     result = push(bundle, registry, images)
-    assert result.totals["failed"] == 0
+    assert result.totals.failed == 0
     done = registry.uploads()
     assert len(done) == len(set(done)) == uploads
     assert [c for c in registry.calls if c[0] == "MOUNT"] == [("MOUNT", "r/b", sha(BASE), "r/a")] * mounts
@@ -151,7 +151,7 @@ def test_children_before_their_index_and_the_tag_last():
     bundle, registry = FakeBundle(), FakeRegistry()
     a, b = image(bundle, BASE, APP_A), image(bundle, BASE, APP_B)
     top = index(bundle, a, b)
-    assert push(bundle, registry, [("x.io/r/multi:1", top)]).totals["failed"] == 0
+    assert push(bundle, registry, [("x.io/r/multi:1", top)]).totals.failed == 0
     puts = [c[2] for c in registry.calls if c[0] == "PUT"]
     assert set(puts[:2]) == {a.digest, b.digest} and puts[2:] == [top.digest, "1"]
     first_put = next(i for i, c in enumerate(registry.calls) if c[0] == "PUT")
@@ -189,7 +189,7 @@ def test_a_blob_from_the_base_is_mounted_from_where_the_base_carried_it(answer, 
     pusher = Pusher(bundle, registry, Destination("reg.example", "m"), PushOptions(), Progress(io.StringIO()),
                     holders)
     result = asyncio.run(pusher.run([PushImage("x.io/team/worker:1", worker)]))
-    assert result.totals["failed"] == failed
+    assert result.totals.failed == failed
     heads = [c for c in registry.calls if c[0] == "HEAD" and c[2] == sha(BASE)]
     assert heads[:2] == [("HEAD", "m/team/worker", sha(BASE)), ("HEAD", "m/tools/base", sha(BASE))]
     assert [c for c in registry.calls if c[0] == "MOUNT"] == [("MOUNT", "m/team/worker", sha(BASE), "m/tools/base")]

@@ -110,9 +110,9 @@ def cmd_sync(args) -> int:
     summarize(result, progress)
     if result.push:
         summarize_push(result.push, progress)
-    failed = result.totals["failed"] + (result.push.totals["failed"] if result.push else 0)
-    if result.totals.get("bundle_error"):
-        progress.line(f"error: no bundle was written: {result.totals['bundle_error']}")
+    failed = result.totals.failed + (result.push.totals.failed if result.push else 0)
+    if result.totals.bundle_error:
+        progress.line(f"error: no bundle was written: {result.totals.bundle_error}")
         return 1
     return 0 if failed == 0 else 1
 
@@ -128,7 +128,7 @@ def cmd_push(args) -> int:
     if args.report:
         _write_json(Path(args.report), result.to_json())
     summarize_push(result, progress, dry_run=args.dry_run)
-    return 0 if result.totals["failed"] == 0 else 1
+    return 0 if result.totals.failed == 0 else 1
 
 
 class _Deferred(Progress):
@@ -171,9 +171,9 @@ class _Deferred(Progress):
 def summarize_push(result, progress: Progress, dry_run: bool = False) -> None:
     t = result.totals
     verb = "would push" if dry_run else "pushed"
-    progress.line(f"push summary: {t['ok']} of {t['images']} images {verb} to {result.destination}, "
-                  f"{t['failed']} failed; {t['blobs_uploaded']} blobs uploaded "
-                  f"({human(t['uploaded_bytes'])}), {t['blobs_mounted']} mounted in {t['seconds']:.1f}s")
+    progress.line(f"push summary: {t.ok} of {t.images} images {verb} to {result.destination}, "
+                  f"{t.failed} failed; {t.blobs_uploaded} blobs uploaded "
+                  f"({human(t.uploaded_bytes)}), {t.blobs_mounted} mounted in {t.seconds:.1f}s")
     for r in result.images:
         if r.status == "failed":
             progress.line(f"failed: {r.reference} -> {r.target}: {r.error}")
@@ -188,17 +188,17 @@ def print_plan(result) -> None:
         print(f"{r.reference}\n    {r.digest} {r.media_type}\n    platforms: {', '.join(r.platforms)}"
               f"\n    {r.blobs} blobs, {human(r.bytes)}, {human(r.new_bytes)} to fetch")
     t = result.totals
-    print(f"plan: {t['ok']} images, {t['blobs']} unique blobs, {human(t['bytes'])}; "
+    print(f"plan: {t.ok} images, {t.blobs} unique blobs, {human(t.bytes)}; "
           f"nothing downloaded (dry run)")
 
 
 def summarize(result, progress: Progress) -> None:
     t, b = result.totals, result.bundle
-    where = f"; bundle {b['path']}" + (f" ({human(b['size'])}, {b['sha256']})" if b and "size" in b else "") \
+    where = f"; bundle {b.path}" + (f" ({human(b.size)}, {b.sha256})" if b.size is not None else "") \
         if b else ""
-    progress.line(f"summary: {t['ok']} of {t['images']} images mirrored, {t['failed']} failed, "
-                  f"{t['blobs']} unique blobs ({human(t['bytes'])}), {human(t['downloaded_bytes'])} "
-                  f"downloaded in {t['seconds']:.1f}s{where}")
+    progress.line(f"summary: {t.ok} of {t.images} images mirrored, {t.failed} failed, "
+                  f"{t.blobs} unique blobs ({human(t.bytes)}), {human(t.downloaded_bytes)} "
+                  f"downloaded in {t.seconds:.1f}s{where}")
     for r in result.images:
         if r.status == "failed":
             progress.line(f"failed: {r.reference}: {r.error}")

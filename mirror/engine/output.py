@@ -20,6 +20,7 @@ from ..errors import MirrorError
 from ..specfile import beside
 from .context import RunContext
 from .fetch import Fetcher
+from .report import BundleSummary
 from .resolve import Resolved
 
 DEFAULT_LOAD_PLATFORM = parse_platform("linux/amd64")
@@ -88,7 +89,7 @@ class BundleOutput:
             # hashed again on the way, so a disk that changed them cannot slip into a bundle.
             await run(self.ctx.tar, writer.add_blob, self.store, digest, digest not in fetcher.fetched)
 
-    def write(self, resolved: list[Resolved], writer: TarWriter | None) -> dict:
+    def write(self, resolved: list[Resolved], writer: TarWriter | None) -> BundleSummary:
         """Finish the tar (its blobs are written already) or write the layout directory."""
         content = BundleContent()
         load_platform = self.spec.load_platform or DEFAULT_LOAD_PLATFORM
@@ -110,22 +111,20 @@ class BundleOutput:
             expected = {b["digest"] for b in json.loads(self.store.read(digest))["blobs"]}
             carried |= expected
             holders.update({d: self.opts.since.holders[d] for d in expected if d in self.opts.since.holders})
-        summary = {"images": len(content.images), "blobs": len(content.blobs),
-                   # what a later --since needs from this bundle: the sha256 of its index.json,
-                   # every digest it holds or expects from its own base, and where each blob was
-                   # carried (so a differential push can mount it from there)
-                   "index_sha256": sha256_digest(content.index_json()), "carried": sorted(carried),
-                   "carried_by": {d: holders_json(holders[d]) for d in sorted(holders)}}
+        # what a later --since needs from this bundle: the sha256 of its index.json, every digest
+        # it holds or expects from its own base, and where each blob was carried (so that a
+        # differential push can mount it from there)
+        summary = dict(images=len(content.images), blobs=len(content.blobs),
+                       index_sha256=sha256_digest(content.index_json()), carried=sorted(carried),
+                       carried_by={d: holders_json(holders[d]) for d in sorted(holders)})
         if writer is None:
             target = Path(self.path())
             write_dir(target, self.store, content)
-            return {"path": str(target), "format": "directory", **summary}
+            return BundleSummary(path=str(target), format="directory", **summary)
         size, sha = writer.finish(content)
-        out = {"path": str(writer.target), "format": "tar", "size": size, "sha256": sha, **summary}
-        if writer.parts:          # --split: [{path, size, sha256}] of every part, in order
-            out["parts"] = writer.parts
-            out["sha256sums"] = str(writer.sums_path)
-        return out
+        return BundleSummary(path=str(writer.target), format="tar", size=size, sha256=sha, **summary,
+                             parts=writer.parts or None,
+                             sha256sums=str(writer.sums_path) if writer.parts else None)
 
     def load_entry(self, res: Resolved, wanted: Platform) -> LoadEntry | None:
         """The docker-load view of an image for one platform, if it has it (Linux only)."""

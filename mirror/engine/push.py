@@ -22,6 +22,7 @@ from ..registry.upload import Uploader
 from ..core.content import Sink, Source
 from .base_blobs import BaseBlobs
 from .context import RunContext
+from .report import PushTotals
 
 DEFAULT_CHUNK = 64 << 20
 
@@ -93,11 +94,11 @@ class PushOptions:
 @dataclass
 class PushResult:
     images: list[PushReport]
-    totals: dict
+    totals: PushTotals
     destination: str
 
     def to_json(self) -> dict:
-        return {"images": [asdict(i) for i in self.images], "totals": self.totals,
+        return {"images": [asdict(i) for i in self.images], "totals": self.totals.to_json(),
                 "destination": self.destination}
 
 
@@ -186,11 +187,11 @@ class Pusher:
             await asyncio.gather(*everything, return_exceptions=True)
             raise
         ok = sum(1 for r in reports if r.status == "ok")
-        totals = {"images": len(reports), "ok": ok, "failed": len(reports) - ok,
-                  "uploaded_bytes": self.uploaded_bytes,
-                  "blobs_uploaded": sum(r.uploaded for r in reports),
-                  "blobs_mounted": sum(r.mounted for r in reports),
-                  "seconds": round(time.monotonic() - started, 3)}
+        totals = PushTotals(images=len(reports), ok=ok, failed=len(reports) - ok,
+                            uploaded_bytes=self.uploaded_bytes,
+                            blobs_uploaded=sum(r.uploaded for r in reports),
+                            blobs_mounted=sum(r.mounted for r in reports),
+                            seconds=round(time.monotonic() - started, 3))
         dest = self.dest.host + (f"/{self.dest.prefix}" if self.dest.prefix else "")
         return PushResult(list(reports), totals, dest)
 

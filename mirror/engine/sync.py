@@ -16,6 +16,7 @@ from ..core.units import human
 from ..progress import Progress
 from ..core.reference import Reference
 from ..registry.client import Registry
+from .report import BundleSummary, SyncTotals
 from .resolve import Resolved, resolve
 from ..core.selection import select_tags
 from ..core.spec import ImageSpec, MirrorSpec, RegistryConfig
@@ -75,12 +76,13 @@ class Item:
 @dataclass
 class SyncResult:
     images: list[ImageReport]
-    bundle: dict | None
-    totals: dict
+    bundle: BundleSummary | None
+    totals: SyncTotals
     push: PushResult | None = None
 
     def to_json(self) -> dict:
-        out = {"images": [asdict(i) for i in self.images], "totals": self.totals, "bundle": self.bundle}
+        out = {"images": [asdict(i) for i in self.images], "totals": self.totals.to_json(),
+               "bundle": self.bundle.to_json() if self.bundle else None}
         if self.push:
             out["push"] = self.push.to_json()
         return out
@@ -188,13 +190,10 @@ class Syncer:
             self.writer.abort()
         ok = len(ok_items)
         unique = {d: size for it in ok_items for d, size in it.res.sizes().items()}
-        totals = {"images": len(reports), "ok": ok, "failed": len(reports) - ok,
-                  "blobs": len(unique), "bytes": sum(unique.values()),
-                  "downloaded_bytes": self.fetcher.downloaded, "seconds": round(time.monotonic() - started, 3)}
-        if pushed:
-            totals["failed_pushes"] = pushed.totals["failed"]
-        if bundle_error:
-            totals["bundle_error"] = bundle_error
+        totals = SyncTotals(images=len(reports), ok=ok, failed=len(reports) - ok, blobs=len(unique),
+                            bytes=sum(unique.values()), downloaded_bytes=self.fetcher.downloaded,
+                            seconds=round(time.monotonic() - started, 3),
+                            failed_pushes=pushed.totals.failed if pushed else None, bundle_error=bundle_error)
         return SyncResult(reports, bundle, totals, pushed)
 
     async def push(self, items: list[Item], session) -> PushResult:
