@@ -79,7 +79,7 @@ def source(tmp_path_factory):
 
 @pytest.fixture
 def short_read_timeout(monkeypatch):
-    """imgmirror's read timeout is hard-wired (sock_read=60 s, mirror/transport.py); patch the
+    """imgmirror's read timeout is hard-wired (sock_read=60 s, mirror/registry/transport.py); patch the
     default in this process so a stall can outlast it within a test's time."""
     orig = mirror.registry.transport.Transport.__init__
 

@@ -470,7 +470,7 @@ def test_blob_longer_than_its_descriptor(tmp_path, capsys):
 def test_tag_list_that_never_ends(tmp_path, capsys, monkeypatch):
     """Every page links to another: the run stops after MAX_TAG_PAGES with a clear error.
 
-    MAX_TAG_PAGES is 10,000 in mirror/registry.py; at about a millisecond a page that is over
+    MAX_TAG_PAGES is 10,000 in mirror/registry/client.py; at about a millisecond a page that is over
     10 s here, so the test lowers it to 50 (the bound, not its value, is what is tested)."""
     monkeypatch.setattr(registry_module, "MAX_TAG_PAGES", 50)
 
