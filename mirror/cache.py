@@ -258,3 +258,46 @@ class StoreSource:
 
     def read(self, digest: str) -> bytes:
         return self.store.read(digest)
+
+
+class CacheSink:
+    """The store as the end of a copy (sync: registry -> cache). It has no repositories: a blob
+    is there or it is not, and a mount is a no-op. A blob comes in through the source's
+    `stage(digest)` (engine.fetch.RegistrySource: the one download of it, verified, renamed in).
+    Manifests are put by resolve as it reads them; a manifest here says nothing of its blobs."""
+
+    complete_manifests = False
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.tags: dict[tuple[str, str], str] = {}
+
+    async def blob_exists(self, repo: str, digest: str) -> bool:
+        return self.store.has(digest)
+
+    async def manifest_digest(self, repo: str, ref: str) -> str | None:
+        if ref.startswith("sha256:"):
+            return ref if self.store.has(ref) else None
+        return self.tags.get((repo, ref))
+
+    async def mount(self, repo: str, digest: str, from_repo: str) -> str | None:
+        return None          # one store: what one repository has, every repository has
+
+    async def cancel(self, location: str, repo: str) -> None:
+        return None
+
+    async def upload(self, repo: str, digest: str, source, chunk_size: int, location: str | None = None,
+                     on_bytes=None) -> None:
+        try:
+            await source.stage(digest)
+        except OSError as exc:   # the cache's disk: full, read-only, gone
+            raise StoreError(f"cache {self.store.root}: {exc.strerror or exc} "
+                             f"({exc.filename or f'writing blob {digest}'}); free space or choose --cache") from exc
+
+    async def put_manifest(self, repo: str, ref: str, raw: bytes, media_type: str) -> str | None:
+        digest = sha256_digest(raw)
+        if ref.startswith("sha256:"):
+            self.store.put(digest, raw)
+        else:
+            self.tags[repo, ref] = digest
+        return digest

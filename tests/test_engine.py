@@ -52,6 +52,8 @@ class FakeBundle:
 class FakeRegistry:
     """A Sink: repositories of blobs, manifests and tags; records every call in order."""
 
+    complete_manifests = True
+
     def __init__(self, mount_answer: int = 201, refuse: set[str] = frozenset()):
         self.blobs: dict[str, set[str]] = {}
         self.manifests: dict[str, dict[str, bytes]] = {}
@@ -205,3 +207,77 @@ def test_a_blob_nowhere_refuses_the_push_before_any_manifest():
     with pytest.raises(Exception, match="looked in reg.example/m/team/worker"):
         asyncio.run(pusher.run([PushImage("x.io/team/worker:1", worker)]))
     assert not [c for c in registry.calls if c[0] in ("PUT", "UPLOAD", "MOUNT")]
+
+
+# --- the engine called directly: copy(units, source, sink) ----------------------------------------
+
+from mirror.cache import CacheSink, Store  # noqa: E402
+from mirror.engine.copy import Unit, copy, walk  # noqa: E402
+from mirror.errors import MirrorError  # noqa: E402
+
+
+def units(bundle, names_and_tops):
+    return [walk(bundle, Unit(name, name.split("/", 1)[1].split(":")[0], name.split(":")[-1], top))
+            for name, top in names_and_tops]
+
+
+@pytest.mark.parametrize("repos, per_repo, uploads, mounts", [
+    (1, 6, 1 + 6 + 6, 0),       # six tags in one repository: the base once, every app and config once
+    (3, 2, 1 + 6 + 6, 2),       # three repositories: the base sent once and mounted twice
+    (6, 1, 1 + 6 + 6, 5),
+])
+def test_copy_dedupes_under_concurrency(repos, per_repo, uploads, mounts):
+    """Twelve units started at once, sharing a base layer: each (repository, blob) once, the
+    first repository to need a blob sends it, every other one mounts it from there."""
+    bundle, registry = FakeBundle(), FakeRegistry()
+    tops = []
+    for i in range(repos * per_repo):
+        tops.append((f"x.io/r{i % repos}:{i}", image(bundle, BASE, b"app %d" % i * 20)))
+    outcomes = asyncio.run(copy(units(bundle, tops), bundle, registry))
+    assert all(o.ok for o in outcomes)
+    assert len(registry.uploads()) == len(set(registry.uploads())) == uploads
+    assert len([c for c in registry.calls if c[0] == "MOUNT"]) == mounts
+    assert all(o.uploaded + o.mounted + o.existing == 3 for o in outcomes)   # each blob accounted once
+
+
+class StagingSource(FakeBundle):
+    """A remote Source (a registry, as engine.fetch.RegistrySource is): `stage` brings a blob into
+    the store, counted; `failing` blobs fail after the transfer began."""
+
+    def __init__(self, store):
+        super().__init__()
+        self.store, self.staged, self.failing = store, [], set()
+
+    async def stage(self, d):
+        self.staged.append(d)
+        await asyncio.sleep(0)
+        if d in self.failing:
+            raise MirrorError(f"{d}: connection reset mid-blob")
+        self.store.put(d, self.blobs[d])
+
+
+def test_copy_into_the_cache_stages_each_blob_once_and_fails_only_whom_it_concerns(tmp_path):
+    """sync's registry -> cache: a blob two repositories share is downloaded once; a blob failing
+    mid-transfer fails the images that need it, and the rest still land in the cache."""
+    store = Store(tmp_path)
+    source = StagingSource(store)
+    a, b, c = image(source, BASE, APP_A), image(source, BASE, APP_B), image(source, b"doomed" * 9)
+    source.failing.add(sha(b"doomed" * 9))
+    for d in list(source.blobs):          # manifests are in the cache already (resolve put them)
+        if d in (a.digest, b.digest, c.digest):
+            store.put(d, source.blobs[d])
+    todo = units(source, [("x.io/a:1", a), ("x.io/b:1", b), ("x.io/c:1", c)])
+    outcomes = asyncio.run(copy(todo, source, CacheSink(store)))
+    assert [o.ok for o in outcomes] == [True, True, False]
+    assert "connection reset mid-blob" in str(outcomes[2].error)
+    assert source.staged.count(sha(BASE)) == 1 and len(source.staged) == len(set(source.staged))
+    assert store.has(sha(BASE)) and store.has(sha(APP_A)) and store.has(sha(APP_B))
+
+
+def test_copy_fail_fast_stops_and_cancels_the_rest():
+    bundle, registry = FakeBundle(), FakeRegistry()
+    ok, refused = image(bundle, APP_A), image(bundle, APP_B)
+    registry.refuse = {refused.digest}
+    with pytest.raises(MirrorError, match="x.io/no:1: .*MANIFEST_INVALID.*--fail-fast: stopped"):
+        asyncio.run(copy(units(bundle, [("x.io/no:1", refused), ("x.io/ok:1", ok)]), bundle, registry,
+                         fail_fast=True))

@@ -44,7 +44,10 @@ class Source(Protocol):
 
 class Sink(Protocol):
     """A registry as the end of a copy, one repository at a time (registry.upload.Uploader; an
-    in-memory one in tests/test_engine.py). The push engine speaks only this."""
+    in-memory one in tests/test_engine.py; the cache, cache.CacheSink). The copy engine
+    (engine/copy.py) speaks only this."""
+
+    complete_manifests: bool    # a manifest present means everything it references is present
 
     async def blob_exists(self, repo: str, digest: str) -> bool: ...
     async def manifest_digest(self, repo: str, ref: str) -> str | None: ...

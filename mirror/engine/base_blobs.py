@@ -14,22 +14,21 @@ from ..errors import MirrorError
 class BaseBlobs:
     """Where each lacking blob is in the registry, and its mount."""
 
-    def __init__(self, up: Sink, dest, holders: dict[str, tuple[Holder, ...]], jobs: asyncio.Semaphore,
-                 dry_run: bool):
-        self.up, self.dest, self.holders, self.jobs, self.dry_run = up, dest, holders, jobs, dry_run
+    def __init__(self, up: Sink, dest, holders: dict[str, tuple[Holder, ...]], dry_run: bool):
+        self.up, self.dest, self.holders, self.dry_run = up, dest, holders, dry_run
         self.mounts: dict[tuple[str, str], str] = {}     # (repo, digest) -> repo to mount it from
 
-    def wanted(self, plan) -> list:
-        """The blobs of an image to mount from elsewhere in the registry."""
-        return [d for d in plan.lacking.values() if (plan.repo, d.digest) in self.mounts]
+    def wanted(self, unit) -> list:
+        """The blobs of an image (a copy.Unit) to mount from elsewhere in the registry."""
+        return [d for d in unit.lacking.values() if (unit.repo, d.digest) in self.mounts]
 
-    async def locate(self, plans: list) -> None:
+    async def locate(self, units: list) -> None:
         """Find every blob no bundle holds (a differential bundle's, from its base) in the registry:
         in the repository that needs it, else in the repositories the base carried it in (mapped
         through --to and target:), else in another repository of this push that needs it too.
         One found elsewhere is mounted with the image's blobs. Refuse before any manifest is
         pushed if one is nowhere, naming it, the images that need it and where it was looked for."""
-        wanted = {(p.repo, d): p for p in plans for d in p.lacking}
+        wanted = {(u.repo, d): u for u in units for d in u.lacking}
         if not wanted:
             return
         heads: dict[tuple[str, str], asyncio.Future] = {}
@@ -61,7 +60,7 @@ class BaseBlobs:
         for (repo, d), (src, looked) in zip(wanted, found, strict=True):
             if src is None:
                 refs, places = missing.setdefault(d, (set(), set()))
-                refs.add(wanted[repo, d].image.ref_name)
+                refs.add(wanted[repo, d].name)
                 places.update(f"{self.dest.host}/{r}" for r in looked)
             elif src != repo:
                 self.mounts[repo, d] = src
@@ -80,8 +79,7 @@ class BaseBlobs:
         from_repo = self.mounts[repo, d]
         if self.dry_run:
             return "mounted"
-        async with self.jobs:
-            location = await self.up.mount(repo, d, from_repo)
+        location = await self.up.mount(repo, d, from_repo)
         if location is None:
             return "mounted"
         # 202: the registry opened an upload session instead of mounting; nothing to send into it

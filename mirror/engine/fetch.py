@@ -1,13 +1,15 @@
 """The downloads of a run: every blob once. One in-flight future per digest, shared (shielded)
-by every image that needs it; bounded by the run's transfer limit; a download under way can be
-followed by the bundle writer (`started`)."""
+by every image that needs it; bounded by the run's transfer limit. RegistrySource offers them to
+the copy engine as a Source, and to the bundle writer as downloads to follow."""
 
 from __future__ import annotations
 
 import asyncio
 
-from ..cache import Store
+from ..cache import Store, StoreSource
+from ..core.content import Follower
 from ..core.oci import Descriptor
+from ..errors import MirrorError
 from ..progress import Progress
 from ..registry.client import Registry
 
@@ -48,3 +50,53 @@ class Fetcher:
         finally:
             if not started.done():
                 started.set_result(None)
+
+
+class RegistrySource(StoreSource):
+    """The registries of a sync as a copy's Source, through the cache: `stage(digest)` is the one
+    download of a blob (from the registry and repository of an image that needs it), and reads
+    come from the cache once it is there. The bundle writer follows a download under way with
+    `follow`, so the tar is written as the bytes land."""
+
+    def __init__(self, fetcher: Fetcher, wants: dict[str, tuple[Registry, str, Descriptor]]):
+        super().__init__(fetcher.store)      # reads: from the cache
+        self.fetcher, self.wants = fetcher, wants
+
+    def start(self, order: list[str]) -> None:
+        """Begin the downloads in this order (the tar's), so the writer keeps pace with them;
+        the transfer limit then lets them go first-come."""
+        for digest in order:
+            if digest in self.wants:
+                self.fetcher.blob(*self.wants[digest])
+
+    async def stage(self, digest: str) -> None:
+        await self.fetcher.blob(*self.wants[digest])
+
+    async def follow(self, digest: str) -> Follower | None:
+        """The download of `digest` as it lands, once it has begun; None if this run has none
+        (the blob was in the cache, or the download failed before its first byte)."""
+        started = self.fetcher.started.get(digest)
+        blob_writer = await started if started is not None else None
+        return blob_writer.follow() if blob_writer is not None else None
+
+    async def settled(self, digest: str) -> bool:
+        """Wait for this run's download of `digest`, if any: False when it failed (the images
+        that need it report why)."""
+        fut = self.fetcher.inflight.get(digest)
+        if fut is not None:
+            try:
+                await asyncio.shield(fut)
+            except (MirrorError, OSError):
+                return False
+        return True
+
+    def fresh(self, digest: str) -> bool:
+        """Downloaded and verified by this run (older cache entries are hashed again on the way)."""
+        return digest in self.fetcher.fetched
+
+    def cancel(self) -> list[asyncio.Future]:
+        """Every download of this run cancelled; the futures, to be awaited."""
+        futures = list(self.fetcher.inflight.values())
+        for f in futures:
+            f.cancel()
+        return futures

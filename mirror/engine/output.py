@@ -16,10 +16,9 @@ from ..core.diff import ANN_BASE, ANN_EXPECTED, add_holder, expected_doc, holder
 from ..core.oci import sha256_digest
 from ..core.platform import Platform, matches, parse_platform
 from ..core.spec import MirrorSpec
-from ..errors import MirrorError
 from ..specfile import beside
 from .context import RunContext
-from .fetch import Fetcher
+from .fetch import RegistrySource
 from .report import BundleSummary
 from .resolve import Resolved
 
@@ -57,7 +56,7 @@ class BundleOutput:
         target = self.path()
         return str(self.opts.output or "").endswith("/") or os.path.isdir(target)
 
-    async def feed(self, writer: TarWriter, items: list, fetcher: Fetcher) -> None:
+    async def feed(self, writer: TarWriter, items: list, source: RegistrySource) -> None:
         """Write every blob into the tar in `blob_order`: one still downloading is followed as
         its bytes land, so the tar is finished moments after the last download."""
         needed_by: dict[str, list] = {}
@@ -72,22 +71,17 @@ class BundleOutput:
         for digest in blob_order(sizes):
             if all(it.report.status == "failed" for it in needed_by[digest]):
                 continue              # only failed images want it (blobs of images failing later stay)
-            started = fetcher.started.get(digest)
-            blob_writer = await started if started is not None else None
-            if blob_writer is not None:
-                # False when the download failed: the tar is left as it was, and fetch_one
+            follower = await source.follow(digest)
+            if follower is not None:
+                # False when the download failed: the tar is left as it was, and the copy
                 # reports the images that needed the blob.
-                await run(self.ctx.tar, writer.add_following, blob_writer.follow())
+                await run(self.ctx.tar, writer.add_following, follower)
                 continue
-            fut = fetcher.inflight.get(digest)
-            if fut is not None:
-                try:
-                    await asyncio.shield(fut)
-                except (MirrorError, OSError):
-                    continue
+            if not await source.settled(digest):
+                continue
             # Blobs fetched in this run were verified moments ago; older cache entries are
             # hashed again on the way, so a disk that changed them cannot slip into a bundle.
-            await run(self.ctx.tar, writer.add_blob, self.store, digest, digest not in fetcher.fetched)
+            await run(self.ctx.tar, writer.add_blob, self.store, digest, not source.fresh(digest))
 
     def write(self, resolved: list[Resolved], writer: TarWriter | None) -> BundleSummary:
         """Finish the tar (its blobs are written already) or write the layout directory."""

@@ -22,10 +22,11 @@ from ..core.selection import select_tags
 from ..core.spec import ImageSpec, MirrorSpec, RegistryConfig
 from .referrers import discover
 from .context import RunContext
-from .fetch import Fetcher
+from .copy import Copier, Outcome, Unit
+from .fetch import Fetcher, RegistrySource
 from .output import BundleOutput
 from .push import Destination, PushImage, PushOptions, PushResult, push_images
-from ..cache import Store, StoreSource
+from ..cache import CacheSink, Store, StoreSource
 from ..registry.transport import new_session, transport_for
 
 
@@ -98,7 +99,10 @@ class Syncer:
         self.fetcher = Fetcher(store, opts.jobs or spec.concurrency, progress)
         self.out = BundleOutput(spec, opts, store, self.ctx)
         self.writer: TarWriter | None = None        # the bundle tar, while the blobs arrive
-        self.tasks: list[asyncio.Future] = []       # per-image fetches and the tar feed
+        self.tasks: list[asyncio.Future] = []       # the copy and the tar feed
+        self.source: RegistrySource | None = None
+        self.copier: Copier | None = None
+        self._item_of: dict[int, Item] = {}         # id(unit) -> its item
 
     def registry(self, session, ref: Reference) -> Registry:
         """One Registry (one transport, one token cache, one host semaphore) per host."""
@@ -149,27 +153,50 @@ class Syncer:
         return items
 
     async def _fetch_and_write(self, live: list[Item], items: list[Item]) -> None:
-        """2. Every missing blob fetched once; the tar written in its order meanwhile."""
+        """2. Registry -> cache through the copy engine, every missing blob fetched once; the tar
+        written in its order meanwhile, following the downloads."""
         missing = self.missing(live)
         self.progress.bytes_total(sum(desc.size for desc, _ in missing.values()))
+        self.source = RegistrySource(self.fetcher, {d: (it.reg, it.res.ref.repository, desc)
+                                                    for d, (desc, it) in missing.items()})
         # Start the downloads in the order the tar is written in (largest first), so the writer
-        # keeps pace with them (the transfer limit lets them go first-come).
-        for digest in blob_order({d: desc.size for d, (desc, _) in missing.items()}):
-            desc, it = missing[digest]
-            self.fetcher.blob(it.reg, it.res.ref.repository, desc)
-        self.tasks = [asyncio.ensure_future(self.fetch_one(it)) for it in live]
+        # keeps pace with them.
+        self.source.start(blob_order({d: desc.size for d, (desc, _) in missing.items()}))
+        self.copier = Copier(self.source, CacheSink(self.store), on_done=self._copied)
+        units = [self.unit(it) for it in live]
+        self.tasks = [asyncio.ensure_future(self.copier.run(units, fail_fast=self.opts.fail_fast))]
         if self.out.wanted() and not self.out.is_dir():
             self.writer = TarWriter(Path(self.out.path()), split=self.opts.split)
-            self.tasks.append(asyncio.ensure_future(self.out.feed(self.writer, live, self.fetcher)))
+            self.tasks.append(asyncio.ensure_future(self.out.feed(self.writer, live, self.source)))
         for fut in asyncio.as_completed(self.tasks):
             await fut
-            self.fail_fast_check(items)
+
+    def unit(self, it: Item) -> Unit:
+        """What the cache lacks of an image: its blobs (not those a --since base carried).
+        Its manifests are in the cache already: resolve put them there as it read them."""
+        res = it.res
+        unit = Unit(it.report.reference, res.ref.name, None, res.top,
+                    blobs={d: desc for d, desc in res.blobs.items() if d not in self.out.excluded})
+        self._item_of[id(unit)] = it
+        return unit
+
+    def _copied(self, o: Outcome) -> str | None:
+        item = self._item_of[id(o.unit)]
+        if o.ok:
+            self.done(item)
+            return None
+        self.fail(item, str(o.error))
+        return item.report.error
 
     async def _abandon(self) -> None:
         """Interrupted or failed fast: every task and download cancelled, the partial tar dropped."""
-        everything = self.tasks + list(self.fetcher.inflight.values())
+        everything = list(self.tasks)
         for t in everything:
             t.cancel()
+        if self.copier:
+            await self.copier.cancel()
+        if self.source:
+            everything += self.source.cancel()
         await asyncio.gather(*everything, return_exceptions=True)
         if self.writer:
             self.writer.abort()
@@ -296,24 +323,6 @@ class Syncer:
         res.target = spec.target
         item.res = res
         return item
-
-    async def fetch_one(self, item: Item) -> None:
-        """Download what one image lacks (shared downloads are joined, not repeated)."""
-        res = item.res
-        missing = [d for d in res.blobs.values() if not self.store.has(d.digest) and d.digest not in self.out.excluded]
-        # Wait for every blob even after one failed: what did arrive is kept for next time.
-        results = await asyncio.gather(*(self.fetcher.blob(item.reg, res.ref.repository, d) for d in missing),
-                                       return_exceptions=True)
-        for desc, r in zip(missing, results, strict=True):
-            if isinstance(r, MirrorError):
-                return self.fail(item, str(r))
-            if isinstance(r, OSError):   # the cache's disk: full, read-only, gone
-                return self.fail(item, f"cache {self.store.root}: {r.strerror or r} "
-                                       f"({r.filename or f'writing blob {desc.digest}'}); "
-                                       "free space or choose --cache")
-            if isinstance(r, BaseException):
-                raise r
-        self.done(item)
 
     def done(self, item: Item) -> None:
         res, r = item.res, item.report

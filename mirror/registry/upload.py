@@ -52,6 +52,9 @@ async def _stream(source: Source, digest: str, start: int = 0, length: int | Non
 class Uploader:
     """Push blobs and manifests to one registry host through a Transport."""
 
+    # A registry accepts a manifest only with everything it references: one present is complete.
+    complete_manifests = True
+
     def __init__(self, transport: Transport, readers: concurrent.futures.Executor | None = None):
         self.t = transport
         self.readers = readers      # the run's threads that read what is uploaded (None: the loop's)
