@@ -4,49 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..bundle.writer import TarWriter, blob_order
+from ..cache import CacheSink, Store, StoreSource
 from ..core.diff import Base
-from ..errors import BundleError, MirrorError
 from ..core.oci import IMAGE_CONFIG_TYPES, MAX_CONFIG_READ, Descriptor, image_platform
 from ..core.platform import Platform, from_oci
+from ..core.spec import MirrorSpec, RegistryConfig
 from ..core.units import human
+from ..errors import BundleError, MirrorError
 from ..progress import Progress
-from ..core.reference import Reference
-from ..registry.client import Registry
-from .report import BundleSummary, SyncTotals
-from .resolve import Resolved, resolve
-from ..core.selection import select_tags
-from ..core.spec import ImageSpec, MirrorSpec, RegistryConfig
-from .referrers import discover
+from ..registry.transport import new_session
 from .context import RunContext
 from .copy import Copier, Outcome, Unit
 from .fetch import Fetcher, RegistrySource
+from .images import ImageReport, Item, Resolver, fail
 from .output import BundleOutput
 from .push import Destination, PushImage, PushOptions, PushResult, push_images
-from ..cache import CacheSink, Store, StoreSource
-from ..registry.transport import new_session, transport_for
+from .report import BundleSummary, SyncTotals
 
-
-
-@dataclass
-class ImageReport:
-    """One line of the report: an image and what became of it."""
-
-    source: str
-    reference: str
-    digest: str | None = None
-    source_digest: str | None = None
-    media_type: str | None = None
-    platforms: list[str] = field(default_factory=list)
-    blobs: int = 0
-    bytes: int = 0
-    new_bytes: int = 0
-    seconds: float = 0.0
-    status: str = "pending"
-    error: str | None = None
+__all__ = ["ImageReport", "Item", "SyncOptions", "SyncResult", "Syncer"]
 
 
 @dataclass
@@ -61,17 +40,6 @@ class SyncOptions:
     push_to: Destination | None = None     # sync --to: push from the cache into this registry
     split: int | None = None               # --split SIZE: NAME.tar.001, .002, … of at most SIZE bytes
     since: Base | None = None              # --since: a differential bundle on this base
-
-
-@dataclass
-class Item:
-    """One image on its way: its report, and once resolved, what it needs."""
-
-    report: ImageReport
-    res: Resolved | None
-    reg: Registry | None
-    started: float
-    spec: ImageSpec | None = None
 
 
 @dataclass
@@ -94,8 +62,8 @@ class Syncer:
 
     def __init__(self, spec: MirrorSpec, store: Store, opts: SyncOptions, progress: Progress):
         self.spec, self.store, self.opts, self.progress = spec, store, opts, progress
-        self.registries: dict[str, Registry] = {}
         self.ctx = RunContext()       # this run's threads; closed at the end of run()
+        self.resolver = Resolver(spec, store, progress, self.ctx, opts.jobs or spec.concurrency)
         self.fetcher = Fetcher(store, opts.jobs or spec.concurrency, progress)
         self.out = BundleOutput(spec, opts, store, self.ctx)
         self.writer: TarWriter | None = None        # the bundle tar, while the blobs arrive
@@ -103,16 +71,6 @@ class Syncer:
         self.source: RegistrySource | None = None
         self.copier: Copier | None = None
         self._item_of: dict[int, Item] = {}         # id(unit) -> its item
-
-    def registry(self, session, ref: Reference) -> Registry:
-        """One Registry (one transport, one token cache, one host semaphore) per host."""
-        host = ref.registry
-        if host not in self.registries:
-            cfg = self.spec.registries.get(host.lower(), RegistryConfig())   # keys are lowercased
-            self.registries[host] = Registry(transport_for(session, host, cfg,
-                                                           self.opts.jobs or self.spec.concurrency),
-                                             hashers=self.ctx.hashers)
-        return self.registries[host]
 
     async def run(self) -> SyncResult:
         """The whole sync; the run's threads are shut down at its end, whatever happens."""
@@ -125,7 +83,10 @@ class Syncer:
         started = time.monotonic()
         pushed: PushResult | None = None
         async with new_session() as session:
-            items = await self._resolve_all(session)
+            # 1. every image resolved first: then the whole blob set is known, so the bundle
+            # can be written while the blobs are still arriving
+            items = await self.resolver.resolve_all(session)
+            self.fail_fast_check(items)
             live = [it for it in items if it.res is not None]
             try:
                 self.out.plan_differential(live)
@@ -140,17 +101,6 @@ class Syncer:
                 await self._abandon()
                 raise
         return self._result(items, pushed, started)
-
-    async def _resolve_all(self, session) -> list[Item]:
-        """1. Every image resolved first: manifests are small, and then the whole blob set is
-        known, so the bundle can be written while the blobs are still arriving."""
-        refs_per_spec = await asyncio.gather(*(self.expand(session, s) for s in self.spec.images))
-        work = [(s, r) for s, rs in zip(self.spec.images, refs_per_spec, strict=True) for r in rs]
-        self.progress.images_total(len(work))
-        items = await asyncio.gather(*(self.resolve_one(session, s, r) for s, r in work))
-        items += await self.referrers(session, items)
-        self.fail_fast_check(items)
-        return items
 
     async def _fetch_and_write(self, live: list[Item], items: list[Item]) -> None:
         """2. Registry -> cache through the copy engine, every missing blob fetched once; the tar
@@ -232,34 +182,6 @@ class Syncer:
         return await push_images(StoreSource(self.store), images, dest, cfg, opts, self.progress, session,
                                  ctx=self.ctx)
 
-    async def referrers(self, session, items: list[Item]) -> list[Item]:
-        """referrers: true: one more image for everything that points at a mirrored one."""
-        async def of(it: Item) -> list[Item]:
-            repo = Reference(it.res.ref.registry, it.res.ref.repository)
-            try:
-                found = await discover(it.reg, repo.repository, it.res.source_digest or it.res.top.digest)
-            except MirrorError as exc:
-                report = ImageReport(source=repo.name, reference=f"referrers of {repo}", status="failed",
-                                     error=str(exc))
-                self.progress.image_done(report.reference, False, report.error)
-                return [Item(report, None, None, time.monotonic(), it.spec)]
-            refs = [repo.with_tag(r[1:]) if r.startswith(":") else repo.with_digest(r[1:]) for r in found]
-            return list(await asyncio.gather(*(self.resolve_one(session, it.spec, ref, referrer=True)
-                                               for ref in refs)))
-        wanted = [it for it in items if it.res is not None and it.spec is not None
-                  and (it.spec.referrers if it.spec.referrers is not None else self.spec.referrers)]
-        if not wanted:
-            return []
-        found = [x for batch in await asyncio.gather(*(of(it) for it in wanted)) for x in batch]
-        seen = {it.report.reference for it in items}
-        extra = []
-        for x in found:       # two tags of one image share their referrers: keep each once
-            if x.report.reference not in seen:
-                seen.add(x.report.reference)
-                extra.append(x)
-        self.progress.images_total(len(items) + len(extra))
-        return extra
-
     def fail_fast_check(self, items: list[Item]) -> None:
         if self.opts.fail_fast:
             for it in items:
@@ -275,55 +197,6 @@ class Syncer:
                     out[d] = (desc, it)
         return out
 
-    async def expand(self, session, spec: ImageSpec) -> list:
-        """The references one manifest entry stands for: its tags (listed or selected) and digests."""
-        repo = spec.repository
-        if spec.pinned:
-            return [spec.pinned]
-        refs: list = [repo.with_tag(t) for t in spec.tags] + [repo.with_digest(d) for d in spec.digests]
-        if spec.tag_filter:
-            try:
-                tags = await self.registry(session, repo).list_tags(repo.repository)
-            except MirrorError as exc:
-                return [ImageReport(source=repo.name, reference=repo.name, status="failed",
-                                    error=f"{spec.where}: {exc}")]
-            selected = select_tags(tags, spec.tag_filter)
-            if not selected:
-                self.progress.warn(f"{spec.where}: no tag of {repo.name} matches the filter "
-                                   f"(the repository has {len(tags)} tags)")
-            refs += [repo.with_tag(t) for t in selected if t not in spec.tags]
-        return refs
-
-    async def resolve_one(self, session, spec: ImageSpec, ref, referrer: bool = False) -> Item:
-        """Resolve one image's manifests; a failure is recorded in its report, never raised.
-
-        A referrer (signature, attestation, SBOM, or the index listing them) is taken whole:
-        no platform filter applies to it, and its digest must stay what was signed."""
-        if isinstance(ref, ImageReport):     # its tag list could not be read
-            self.progress.image_done(ref.reference, False, ref.error)
-            return Item(ref, None, None, time.monotonic())
-        item = Item(ImageReport(source=spec.repository.name, reference=str(ref)), None, None,
-                    time.monotonic(), spec)
-        try:
-            item.reg = self.registry(session, ref)
-            platforms = (self.spec.platforms if spec.platforms is None else spec.platforms) or None  # all: ()
-            res = await resolve(item.reg, self.store, ref, None if referrer else platforms,
-                                True if referrer else self.spec.keep_index_digest, spec.where)
-        except MirrorError as exc:
-            self.fail(item, str(exc))
-            return item
-        r = item.report
-        r.digest, r.source_digest, r.media_type, r.platforms = (
-            res.top.digest, res.source_digest, res.top.media_type, res.platforms)
-        r.blobs, r.bytes = len(res.sizes()), sum(res.sizes().values())
-        r.new_bytes = sum(d.size for d in res.blobs.values() if not self.store.has(d.digest))
-        for d in res.foreign:
-            self.progress.warn(f"{ref}: foreign layer {d.digest} is not mirrored (it is fetched "
-                               "from its own URLs by whoever pulls the image)")
-        res.target = spec.target
-        item.res = res
-        return item
-
     def done(self, item: Item) -> None:
         res, r = item.res, item.report
         if not self.opts.dry_run:
@@ -335,9 +208,7 @@ class Syncer:
         self.progress.image_done(r.reference, True, f"{r.digest} {human(r.bytes)} {r.seconds:.1f}s")
 
     def fail(self, item: Item, error: str) -> None:
-        item.report.status, item.report.error = "failed", error
-        item.report.seconds = round(time.monotonic() - item.started, 3)
-        self.progress.image_done(item.report.reference, False, error)
+        fail(item, error, self.progress)
 
     def config_platform(self, m) -> Platform | None:
         """The platform an image's config declares, when the config is in the cache. An
