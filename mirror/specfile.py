@@ -81,8 +81,8 @@ def _shown(node) -> str:
     return "a list" if isinstance(node, yaml.SequenceNode) else "a mapping"
 
 
-class _Reader:
-    """Walks the composed YAML node tree so every value keeps its line number."""
+class _Nodes:
+    """Typed values read from YAML nodes, each failure naming the file, line and key path."""
 
     def __init__(self, name: str, env):
         self.name, self.env = name, env
@@ -162,7 +162,9 @@ class _Reader:
                       "(omitting the key takes the top-level `platforms:`)")
         return tuple(dict.fromkeys(out))
 
-    # --- sections -------------------------------------------------------------------------
+class _Reader(_Nodes):
+    """The sections of mirror.yaml, walked as composed YAML nodes so every value keeps its line."""
+
     def spec(self, root) -> MirrorSpec:
         if root is None:
             self.fail(None, "", "the file is empty; see mirror.example.yaml")
@@ -215,29 +217,33 @@ class _Reader:
             path, host = f"registries.{knode.value}", self.host(knode)
             if host in out:
                 self.fail(knode, path, f"registry {host} given twice (host names ignore case)")
-            fields = self.mapping(vnode, path, _REGISTRY_KEYS)
-            kw: dict = {}
-            for key in ("username", "password", "ca_file"):
-                if key in fields:
-                    kw[key] = self.string(fields[key][1], fields[key][2])
-            if "insecure" in fields:
-                kw["insecure"] = self.boolean(fields["insecure"][1], fields["insecure"][2])
-            if "max_concurrency" in fields:
-                kw["max_concurrency"] = self.integer(fields["max_concurrency"][1], fields["max_concurrency"][2], 1, 256)
-            if "retries" in fields:
-                kw["retries"] = self.integer(fields["retries"][1], fields["retries"][2], 0, 100)
-            if ("username" in kw) != ("password" in kw):
-                given, missing = ("username", "password") if "username" in kw else ("password", "username")
-                self.fail(fields[given][0], path, f"{given} without {missing}; give both, or neither "
-                          "to use docker's credentials")
-            if "ca_file" in kw:
-                kw["ca_file"] = beside(self.name, kw["ca_file"])
-            if "ca_file" in kw and not os.path.isfile(ca_file := kw["ca_file"]):
-                problem = "is a directory" if os.path.isdir(ca_file) else "does not exist"
-                self.fail(fields["ca_file"][1], fields["ca_file"][2], f"file {kw['ca_file']!r} {problem}; "
-                          "give the path of the registry's CA certificate (PEM)")
-            out[host] = RegistryConfig(**kw)
+            out[host] = self.registry(vnode, path)
         return out
+
+    def registry(self, vnode, path: str) -> RegistryConfig:
+        """One `registries:` entry: credentials, TLS, limits."""
+        fields = self.mapping(vnode, path, _REGISTRY_KEYS)
+        kw: dict = {}
+        for key in ("username", "password", "ca_file"):
+            if key in fields:
+                kw[key] = self.string(fields[key][1], fields[key][2])
+        if "insecure" in fields:
+            kw["insecure"] = self.boolean(fields["insecure"][1], fields["insecure"][2])
+        if "max_concurrency" in fields:
+            kw["max_concurrency"] = self.integer(fields["max_concurrency"][1], fields["max_concurrency"][2], 1, 256)
+        if "retries" in fields:
+            kw["retries"] = self.integer(fields["retries"][1], fields["retries"][2], 0, 100)
+        if ("username" in kw) != ("password" in kw):
+            given, missing = ("username", "password") if "username" in kw else ("password", "username")
+            self.fail(fields[given][0], path, f"{given} without {missing}; give both, or neither "
+                      "to use docker's credentials")
+        if "ca_file" in kw:
+            kw["ca_file"] = beside(self.name, kw["ca_file"])
+        if "ca_file" in kw and not os.path.isfile(ca_file := kw["ca_file"]):
+            problem = "is a directory" if os.path.isdir(ca_file) else "does not exist"
+            self.fail(fields["ca_file"][1], fields["ca_file"][2], f"file {kw['ca_file']!r} {problem}; "
+                      "give the path of the registry's CA certificate (PEM)")
+        return RegistryConfig(**kw)
 
     def host(self, knode) -> str:
         """A `registries:` key, as the registry of a reference would spell it."""
@@ -276,34 +282,9 @@ class _Reader:
         where = f"{self.name}:{node.start_mark.line + 1} {path}"
         kw: dict = {}
         if "tags" in fields:
-            tnode, twhere = fields["tags"][1], fields["tags"][2]
-            if isinstance(tnode, yaml.MappingNode):
-                kw["tag_filter"] = self.tag_filter(tnode, twhere)
-            else:
-                tags = []
-                for tag, n, w in self.string_list(tnode, twhere):
-                    try:   # with_tag checks the tag alone: "1.0@sha256:..." is no tag
-                        ref.with_tag(tag)
-                    except ReferenceError_:
-                        self.fail(n, w, f"{tag!r} is not a valid tag (letters, digits, '_', '.' and '-', "
-                                  "not starting with '.' or '-'; at most 128 characters)")
-                    tags.append(tag)
-                if not tags:
-                    self.fail(tnode, twhere, "empty list; list tags, or use include/semver/latest to select")
-                kw["tags"] = tuple(dict.fromkeys(tags))
+            kw.update(self.tags(ref, *fields["tags"][1:]))
         if "digests" in fields:
-            dnode, dwhere = fields["digests"][1], fields["digests"][2]
-            digests = []
-            for d, n, w in self.string_list(dnode, dwhere):
-                try:
-                    ref.with_digest(d)
-                except ReferenceError_:
-                    self.fail(n, w, f"{d!r} is not a valid digest (algorithm:hex, e.g. sha256: and "
-                              "64 lowercase hex characters)")
-                digests.append(d)
-            if not digests:
-                self.fail(dnode, dwhere, "empty list; list digests, or omit the key")
-            kw["digests"] = tuple(dict.fromkeys(digests))
+            kw["digests"] = self.digests(ref, *fields["digests"][1:])
         if ref.tag or ref.digest:
             if "tags" in fields or "digests" in fields:
                 self.fail(snode, f"{path}.source", "a source with a tag or digest is one image; "
@@ -323,6 +304,35 @@ class _Reader:
         if "referrers" in fields:
             kw["referrers"] = self.boolean(fields["referrers"][1], fields["referrers"][2])
         return ImageSpec(where=where, repository=Reference(ref.registry, ref.repository), **kw)
+
+    def tags(self, ref: Reference, tnode, twhere: str) -> dict:
+        """`tags:` as a list (tag_filter for a mapping: include, exclude, semver, latest)."""
+        if isinstance(tnode, yaml.MappingNode):
+            return {"tag_filter": self.tag_filter(tnode, twhere)}
+        tags = []
+        for tag, n, w in self.string_list(tnode, twhere):
+            try:   # with_tag checks the tag alone: "1.0@sha256:..." is no tag
+                ref.with_tag(tag)
+            except ReferenceError_:
+                self.fail(n, w, f"{tag!r} is not a valid tag (letters, digits, '_', '.' and '-', "
+                          "not starting with '.' or '-'; at most 128 characters)")
+            tags.append(tag)
+        if not tags:
+            self.fail(tnode, twhere, "empty list; list tags, or use include/semver/latest to select")
+        return {"tags": tuple(dict.fromkeys(tags))}
+
+    def digests(self, ref: Reference, dnode, dwhere: str) -> tuple[str, ...]:
+        digests = []
+        for d, n, w in self.string_list(dnode, dwhere):
+            try:
+                ref.with_digest(d)
+            except ReferenceError_:
+                self.fail(n, w, f"{d!r} is not a valid digest (algorithm:hex, e.g. sha256: and "
+                          "64 lowercase hex characters)")
+            digests.append(d)
+        if not digests:
+            self.fail(dnode, dwhere, "empty list; list digests, or omit the key")
+        return tuple(dict.fromkeys(digests))
 
     def tag_filter(self, node, path: str) -> TagFilter:
         fields = self.mapping(node, path, _FILTER_KEYS)
