@@ -116,12 +116,16 @@ def sync(manifest, *, output: PathLike | None = None, cache: PathLike | None = N
 
 def push(bundles, to: str, *, config=None, jobs: int = 8, insecure: bool = False,
          chunk_size: int | str = "64M", dry_run: bool = False, fail_fast: bool = False,
-         progress: Progress | None = None) -> PushResult:
+         progress: Progress | None = None, policy: PathLike | None = None, key: PathLike | None = None
+         ) -> PushResult:
     """Push the images of `bundles` (one path, or a base and its differential bundles in order)
     into the registry `to` (`host[:port][/prefix]`), digest for digest.
 
     `config`: a mirror.yaml (path or MirrorSpec) whose `registries:` entry for the host gives
     credentials and TLS settings. Images that fail are in the result, not raised.
+    `policy` (a mirror.yaml with `trust:`) or `key` (a PEM public key every image must be signed
+    with): images that do not verify from the bundle are refused before any manifest is pushed,
+    and reported failed.
     """
     from .core.diff import expected_holders
     from .core.oci import ANN_TARGET
@@ -143,12 +147,63 @@ def push(bundles, to: str, *, config=None, jobs: int = 8, insecure: bool = False
         if unnamed:
             raise UsageError(f"{paths[0]}: index.json entries without org.opencontainers.image.ref.name "
                              f"({', '.join(unnamed)}); push needs a name for each image")
-        images = [PushImage(ref, desc, desc.annotations.get(ANN_TARGET)) for ref, desc in reader.images]
+        entries, refused = list(reader.images), []
+        trust = load_trust(policy, key)
+        if trust is not None:
+            entries, refused = _trusted(reader, entries, trust, _progress(progress))
+        images = [PushImage(ref, desc, desc.annotations.get(ANN_TARGET)) for ref, desc in entries]
         opts = PushOptions(jobs=jobs, chunk_size=chunk, dry_run=dry_run, fail_fast=fail_fast)
-        return _run(push_images(reader, images, dest, cfg, opts, _progress(progress), insecure=insecure,
-                                holders=expected_holders(reader)))
+        if refused and fail_fast:
+            raise UsageError(f"{refused[0].reference}: {refused[0].error} (--fail-fast: stopped)")
+        result = _run(push_images(reader, images, dest, cfg, opts, _progress(progress), insecure=insecure,
+                                  holders=expected_holders(reader)))
+        if refused:
+            result.images[:0] = refused
+            result.totals.images += len(refused)
+            result.totals.failed += len(refused)
+        return result
     finally:
         reader.close()
+
+
+def load_trust(policy: PathLike | None = None, key: PathLike | None = None):
+    """The trust policy of `policy` (a mirror.yaml with `trust:`), or one that wants every image
+    signed with the PEM public key `key`; None when neither is given."""
+    if policy is not None and key is not None:
+        raise UsageError("give --policy or --key, not both")
+    if policy is not None:
+        from .specfile import load_spec
+        spec = load_spec(policy)
+        if spec.trust is None:
+            raise UsageError(f"{os.fspath(policy)}: no trust: section; add one (see README, Trust) or use --key")
+        return spec.trust
+    if key is not None:
+        from .core.spec import TrustRule, TrustSpec
+        from .trust.cosign import load_public_key
+        try:
+            pem = open(key, "rb").read()
+            load_public_key(pem)
+        except OSError as exc:
+            raise UsageError(f"--key {os.fspath(key)}: cannot read it ({exc.strerror or exc})") from None
+        except ValueError as exc:
+            raise UsageError(f"--key {os.fspath(key)}: {exc}") from None
+        name = os.path.basename(os.fspath(key))
+        return TrustSpec(keys={name: pem}, key_files={name: os.fspath(key)},
+                         policies=(TrustRule(where="--key", match="*", signed_by=(name,)),))
+    return None
+
+
+def _trusted(reader, entries, trust, progress):
+    """The entries of a bundle that may be pushed under `trust`, and PushReports for the rest."""
+    from .bundle.trustcheck import partition
+    from .engine.push import PushReport
+    kept, refused = partition(reader, entries, trust)
+    reports = []
+    for j in refused:
+        error = f"trust policy {j.verdict.policy}: {j.verdict.reason}"
+        reports.append(PushReport(j.reference, "(not pushed)", j.digest, status="failed", error=error))
+        progress.image_done(j.reference, False, error)
+    return kept, reports
 
 
 def _run(coro):
@@ -167,21 +222,36 @@ def _paths(bundles) -> list[str]:
 
 # -- reading a bundle -----------------------------------------------------------------------------
 
-def verify(bundle: PathLike | BinaryIO, *, bases=(), name: str | None = None) -> VerifyResult:
+def verify(bundle: PathLike | BinaryIO, *, bases=(), name: str | None = None,
+           policy: PathLike | None = None, key: PathLike | None = None) -> VerifyResult:
     """Check every blob and reference of a bundle (a tar, its first part or base name, a layout
     directory, or a binary stream of a tar); write nothing. Problems are in the result (`.ok`,
     `.problems`), not raised; a path that is not a bundle raises NotABundleError.
 
     `bases`: for a differential bundle, the earlier bundles (or their reports) that must carry
     the blobs it expects. `name`: a stream's label in the result (default: its file name).
+    `policy` (a mirror.yaml with `trust:`) or `key` (a PEM public key): every image is also
+    checked against the trust policy from the bundle alone, offline (`.trust`); an image that
+    does not verify is a problem.
     """
     from .bundle.verify import verify_bundle
 
     bases = [os.fspath(b) for b in bases]
+    trust = load_trust(policy, key)
     if hasattr(bundle, "read"):
+        if trust is not None:
+            raise UsageError("--policy and --key read the bundle in place: give a file, not a stream")
         name = name or getattr(bundle, "name", None)
         return verify_bundle(name if isinstance(name, str) else "<stream>", stream=bundle, bases=bases)
-    return verify_bundle(os.fspath(bundle), bases=bases)
+    res = verify_bundle(os.fspath(bundle), bases=bases)
+    if trust is not None:
+        from .bundle.reader import open_bundle
+        from .bundle.trustcheck import check_bundle
+        with open_bundle(os.fspath(bundle)) as reader:
+            res.trust = check_bundle(reader, reader.images, trust)
+        res.problems += [f"{j.reference}: trust policy {j.verdict.policy}: {j.verdict.reason}"
+                         for j in res.trust if not j.verdict.ok]
+    return res
 
 
 @dataclass(frozen=True)
@@ -285,17 +355,19 @@ class Server:
         self.close()
 
 
-def serve(bundles, *, listen: str = DEFAULT_LISTEN) -> Server:
+def serve(bundles, *, listen: str = DEFAULT_LISTEN, policy: PathLike | None = None,
+          key: PathLike | None = None) -> Server:
     """Serve `bundles` (paths) as a read-only registry on `listen` (`HOST:PORT`, port 0: any free
     one) from a background thread; returns at once with the running Server. Two bundles naming
-    one tag differently raise UsageError; an address in use raises MirrorError."""
+    one tag differently raise UsageError; an address in use raises MirrorError. With `policy` or
+    `key`, images that do not verify against it are not served (each named in `warnings`)."""
     import asyncio
     import threading
 
     from .server import load_catalog, start_server
 
     host, port = parse_listen(listen)
-    catalog = load_catalog(_paths(bundles))
+    catalog = load_catalog(_paths(bundles), trust=load_trust(policy, key))
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="imgmirror-serve", daemon=True)
     thread.start()

@@ -84,9 +84,10 @@ def served_name(ref: str | None) -> tuple[str, str | None] | None:
     return r.repository, r.tag
 
 
-def load_catalog(paths) -> Catalog:
+def load_catalog(paths, trust=None) -> Catalog:
     """Open the bundles and index what each repository may serve. A tag naming different
-    digests in two bundles is refused (UsageError); the same digest twice is fine."""
+    digests in two bundles is refused (UsageError); the same digest twice is fine. With a trust
+    policy, an image that does not verify from its bundle is not served (a warning names it)."""
     readers: list[BundleReader] = []
     repos: dict[str, Repo] = {}
     origin: dict[tuple[str, str], str] = {}
@@ -96,7 +97,13 @@ def load_catalog(paths) -> Catalog:
         for path in paths:
             reader = open_bundle(path)
             readers.append(reader)
-            for ref, desc in reader.images:
+            entries = reader.images
+            if trust is not None:
+                from .bundle.trustcheck import partition
+                entries, refused = partition(reader, entries, trust)
+                warnings += [f"{path}: {j.reference} is not served: trust policy {j.verdict.policy}: "
+                             f"{j.verdict.reason}" for j in refused]
+            for ref, desc in entries:
                 named = served_name(ref)
                 if named is None:
                     warnings.append(f"{path}: {desc.digest} is not served: its name {ref!r} is not a "

@@ -18,11 +18,14 @@ from .core.platform import Platform, parse_platform
 from .core.reference import Reference, parse_reference
 from .core.selection import TagFilter, check_filter
 from .core.spec import (ALL_PLATFORMS, DEFAULT_CONCURRENCY, DEFAULT_OUTPUT, DEFAULT_RETRIES,  # noqa: F401
-                        ImageSpec, MirrorSpec, RegistryConfig)
+                        ImageSpec, Keyless, MirrorSpec, RegistryConfig, TrustRule, TrustSpec)
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _TOP_KEYS = {"version", "output", "cache", "concurrency", "platforms", "keep_index_digest",
-             "load_platform", "registries", "images", "referrers"}
+             "load_platform", "registries", "images", "referrers", "trust"}
+_TRUST_KEYS = {"keys", "policies"}
+_POLICY_KEYS = {"match", "signed_by", "keyless", "accept", "match_reference"}
+_KEYLESS_KEYS = {"issuer", "identity", "trusted_root"}
 _REGISTRY_KEYS = {"username", "password", "insecure", "ca_file", "max_concurrency", "retries"}
 _IMAGE_KEYS = {"source", "tags", "digests", "platforms", "target", "referrers"}
 _FILTER_KEYS = {"include", "exclude", "semver", "latest"}
@@ -202,6 +205,8 @@ class _Reader(_Nodes):
                 self.fail(n, "load_platform", str(exc))
         if "registries" in top:
             kw["registries"] = self.registries(top["registries"][1])
+        if "trust" in top:
+            kw["trust"] = self.trust(top["trust"][1])
         if "images" not in top:
             self.fail(root, "images", "missing; list at least one image to mirror")
         kw["images"] = self.images(top["images"][1])
@@ -364,3 +369,97 @@ class _Reader(_Nodes):
         if not fields:
             self.fail(node, path, "empty filter; give include, exclude, semver or latest")
         return flt
+
+    # --- trust: ---------------------------------------------------------------------------
+    def trust(self, node) -> TrustSpec:
+        fields = self.mapping(node, "trust", _TRUST_KEYS)
+        keys, files = {}, {}
+        if "keys" in fields:
+            knode = fields["keys"][1]
+            for name, (_kn, vn, where) in self.mapping(knode, "trust.keys", _AnyKey()).items():
+                files[name] = beside(self.name, self.string(vn, where))
+                keys[name] = self.key_file(vn, where, files[name])
+        if "policies" not in fields:
+            self.fail(node, "trust.policies", "missing; list the policies (match: and signed_by:, "
+                      "keyless: or accept: unsigned), or remove trust:")
+        pnode = fields["policies"][1]
+        if not isinstance(pnode, yaml.SequenceNode) or not pnode.value:
+            self.fail(pnode, "trust.policies", f"expected a list of policies, not {_shown(pnode)}")
+        rules = tuple(self.policy(n, f"trust.policies[{i}]", keys) for i, n in enumerate(pnode.value))
+        return TrustSpec(keys=keys, key_files=files, policies=rules)
+
+    def key_file(self, node, where: str, path: str) -> bytes:
+        """A public key file: there, readable, and a key cosign could have signed with."""
+        try:
+            pem = Path(path).read_bytes()
+        except OSError as exc:
+            self.fail(node, where, f"cannot read the key file {path!r} ({exc.strerror or exc}); give the "
+                      "path of a PEM public key (cosign.pub), relative to this manifest")
+        from .trust.cosign import load_public_key
+        try:
+            load_public_key(pem)
+        except ValueError as exc:
+            self.fail(node, where, f"{path}: {exc}")
+        return pem
+
+    def policy(self, node, path: str, keys: dict) -> TrustRule:
+        fields = self.mapping(node, path, _POLICY_KEYS)
+        if "match" not in fields:
+            self.fail(node, f"{path}.match", "missing; give a glob over references, e.g. ghcr.io/org/*")
+        match = self.string(fields["match"][1], fields["match"][2]).strip()
+        kinds = [k for k in ("signed_by", "keyless", "accept") if k in fields]
+        if len(kinds) != 1:
+            self.fail(node, path, "give exactly one of signed_by: [KEY…], keyless: {…} or accept: unsigned"
+                      + (f" (found {' and '.join(kinds)})" if kinds else ""))
+        kw: dict = {"where": f"{self.name}:{node.start_mark.line + 1} {path}", "match": match}
+        if "signed_by" in fields:
+            names = self.string_list(fields["signed_by"][1], fields["signed_by"][2])
+            if not names:
+                self.fail(fields["signed_by"][1], fields["signed_by"][2], "empty list; name a key of trust.keys")
+            for name, n, w in names:
+                if name not in keys:
+                    known = ", ".join(sorted(keys)) or "none"
+                    self.fail(n, w, f"no key {name!r} in trust.keys (known: {known})")
+            kw["signed_by"] = tuple(dict.fromkeys(n for n, _, _ in names))
+        if "keyless" in fields:
+            kw["keyless"] = self.keyless(fields["keyless"][1], fields["keyless"][2])
+        if "accept" in fields:
+            value = self.string(fields["accept"][1], fields["accept"][2])
+            if value != "unsigned":
+                self.fail(fields["accept"][1], fields["accept"][2], f"expected `accept: unsigned`, not {value!r}")
+            kw["accept_unsigned"] = True
+        if "match_reference" in fields:
+            kw["match_reference"] = self.boolean(fields["match_reference"][1], fields["match_reference"][2])
+        return TrustRule(**kw)
+
+    def keyless(self, node, path: str) -> Keyless:
+        fields = self.mapping(node, path, _KEYLESS_KEYS)
+        for key in sorted(_KEYLESS_KEYS - set(fields)):
+            self.fail(node, f"{path}.{key}", "missing; keyless needs issuer, identity and trusted_root")
+        issuer = self.string(fields["issuer"][1], fields["issuer"][2])
+        identity = self.string(fields["identity"][1], fields["identity"][2])
+        try:
+            re.compile(identity)
+        except (re.error, OverflowError, RecursionError) as exc:
+            self.fail(fields["identity"][1], fields["identity"][2], f"invalid regular expression: {exc}")
+        rnode, rwhere = fields["trusted_root"][1], fields["trusted_root"][2]
+        root_path = beside(self.name, self.string(rnode, rwhere))
+        try:
+            raw = Path(root_path).read_bytes()
+        except OSError as exc:
+            self.fail(rnode, rwhere, f"cannot read {root_path!r} ({exc.strerror or exc}); give the path of "
+                      "a Sigstore trusted_root.json, relative to this manifest")
+        from .trust.keyless import load_trusted_root
+        try:
+            load_trusted_root(raw)
+        except ValueError as exc:
+            self.fail(rnode, rwhere, f"{root_path}: {exc}")
+        return Keyless(issuer=issuer, identity=identity, trusted_root=root_path, root_json=raw)
+
+
+class _AnyKey(set):
+    """`allowed` for a mapping whose keys are names of the user's choosing."""
+
+    def __contains__(self, key) -> bool:
+        return isinstance(key, str) and bool(key.strip())
+

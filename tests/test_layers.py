@@ -1,6 +1,6 @@
 """The package's layers, checked: the core is pure, and imports only point downward.
 
-    cli, mirror/__init__  ->  api  ->  engine, server  ->  registry, bundle, cache, specfile  ->  core
+    cli, mirror/__init__  ->  api  ->  engine, server  ->  registry, bundle, cache, specfile  ->  trust  ->  core
     (errors everywhere)
 """
 
@@ -19,10 +19,10 @@ CORE = sorted(p.stem for p in (PKG / "core").glob("*.py") if p.stem != "__init__
 # what a pure module must not bring in, directly or through another module
 FORBIDDEN = ["aiohttp", "yaml", "tenacity", "asyncio", "socket", "ssl", "subprocess", "tarfile",
              "urllib.request", "http.client", "concurrent.futures", "mirror.registry", "mirror.bundle",
-             "mirror.engine", "mirror.cache", "mirror.specfile", "mirror.cli", "mirror.server"]
+             "mirror.engine", "mirror.cache", "mirror.specfile", "mirror.cli", "mirror.server", "mirror.trust"]
 
 # the layer of each top-level piece, and the layers it may import from
-LAYER = {"errors": 0, "core": 1, "registry": 2, "bundle": 2, "cache": 2, "specfile": 2, "progress": 2,
+LAYER = {"errors": 0, "core": 1, "trust": 1.5, "registry": 2, "bundle": 2, "cache": 2, "specfile": 2, "progress": 2,
          "engine": 3, "server": 3, "api": 4, "cli": 5, "__init__": 5, "__main__": 6}
 # allowed sideways imports at the adapter layer: the bundle writer follows a blob into the cache
 SIDEWAYS = {("bundle", "cache"), ("registry", "cache"), ("engine", "server")}

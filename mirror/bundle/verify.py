@@ -49,6 +49,7 @@ class VerifyResult:
     expected: dict[str, int] = field(default_factory=dict)   # a differential bundle's, from its base
     base_carried: set[str] | None = None   # verify --base: what the bases given hold
     base_promised: set[str] = field(default_factory=set)   # …and only expect from theirs
+    trust: list | None = None        # verify --policy/--key: bundle.trustcheck.Judged per image
 
     @property
     def ok(self) -> bool:

@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--dry-run", action="store_true", help="show what would be pushed; write nothing")
     u.add_argument("--report", help="write a JSON report to this file")
     u.add_argument("--fail-fast", action="store_true", help="stop at the first failed image")
+    add_trust_options(u, "refuse, before any manifest, images that do not verify")
     u.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars (default: when stderr is a terminal)")
     u.add_argument("-v", "--verbose", action="count", default=0)
@@ -122,13 +123,19 @@ def cmd_push(args) -> int:
     try:
         result = api.push(args.bundle, args.to, config=args.config, jobs=args.jobs, insecure=args.insecure,
                           chunk_size=args.chunk_size, dry_run=args.dry_run, fail_fast=args.fail_fast,
-                          progress=progress)
+                          progress=progress, policy=args.policy, key=args.key)
     finally:
         progress.close()
     if args.report:
         _write_json(Path(args.report), result.to_json())
     summarize_push(result, progress, dry_run=args.dry_run)
     return 0 if result.totals.failed == 0 else 1
+
+
+def add_trust_options(parser, what: str) -> None:
+    """--policy MIRROR.yaml / --key COSIGN.pub: the trust policy checked from the bundle alone."""
+    parser.add_argument("--policy", metavar="MIRROR.yaml", help=f"the trust: policy of this manifest: {what}")
+    parser.add_argument("--key", metavar="COSIGN.pub", help=f"every image signed with this public key: {what}")
 
 
 class _Deferred(Progress):

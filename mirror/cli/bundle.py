@@ -17,6 +17,9 @@ def add_parsers(subparsers) -> None:
     v.add_argument("--base", action="append", default=[], metavar="PREVIOUS",
                    help="for a differential bundle: an earlier bundle (or its report) that must "
                         "carry the blobs it expects; repeat for a chain")
+    v.add_argument("--policy", metavar="MIRROR.yaml",
+                   help="also check every image against this manifest's trust: policy, offline")
+    v.add_argument("--key", metavar="COSIGN.pub", help="also check that every image is signed with this key")
     v.set_defaults(handler=cmd_verify)
     ls = subparsers.add_parser("list", help="the images in a bundle")
     ls.add_argument("bundle", help="a bundle tar or layout directory")
@@ -27,13 +30,17 @@ def add_parsers(subparsers) -> None:
 def cmd_verify(args) -> int:
     """`imgmirror verify BUNDLE`: 0 sound, 1 problems (each listed), 2 not a bundle (raised)."""
     if args.bundle == "-":
-        res = api.verify(sys.stdin.buffer, bases=args.base, name="<stdin>")
+        res = api.verify(sys.stdin.buffer, bases=args.base, name="<stdin>", policy=args.policy, key=args.key)
     else:
-        res = api.verify(args.bundle, bases=args.base)
+        res = api.verify(args.bundle, bases=args.base, policy=args.policy, key=args.key)
     for w in res.warnings:
         print(f"warning: {w}")
     for digest, size in sorted(res.expected.items()):
         print(f"expected from the base: {digest} ({size} bytes)")
+    for j in res.trust or ():
+        if j.verdict.ok:
+            print(f"trusted: {j.reference} {j.digest}: {j.verdict.reason}"
+                  + (f" (signature {j.verdict.signature})" if j.verdict.signature else ""))
     for p in res.problems:
         print(f"problem: {p}")
     print(res.summary())

@@ -18,6 +18,9 @@ def add_parser(subparsers) -> None:
     s.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
                    help=f"address to listen on (default {DEFAULT_LISTEN}, loopback; a non-loopback "
                    "host is served with a warning)")
+    s.add_argument("--policy", metavar="MIRROR.yaml",
+                   help="serve only the images that verify against this manifest's trust: policy")
+    s.add_argument("--key", metavar="COSIGN.pub", help="serve only the images signed with this key")
     s.set_defaults(handler=cmd_serve)
 
 
@@ -31,7 +34,7 @@ def cmd_serve(args) -> int:
     main = threading.current_thread() is threading.main_thread()    # only it may set handlers
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if main else None
     try:
-        with api.serve(args.bundle, listen=args.listen) as server:
+        with api.serve(args.bundle, listen=args.listen, policy=args.policy, key=args.key) as server:
             for w in server.warnings:
                 print(f"imgmirror: warning: {w}", file=sys.stderr)
             print(f"serving {server.images} images on {server.url}", flush=True)

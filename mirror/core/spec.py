@@ -4,6 +4,7 @@ whole manifest. Pure: specfile.py reads and validates the YAML into these."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 
 from .platform import Platform
 from .reference import Reference
@@ -64,3 +65,47 @@ class MirrorSpec:
     load_platform: Platform | None = None
     registries: dict[str, RegistryConfig] = field(default_factory=dict)
     images: tuple[ImageSpec, ...] = ()
+    trust: TrustSpec | None = None   # signatures required before an image is mirrored
+
+
+@dataclass(frozen=True)
+class Keyless:
+    """Sigstore keyless: who must have signed (certificate identity and issuer), checked offline
+    against a trusted root carried with the manifest."""
+
+    issuer: str
+    identity: str                   # a regular expression over the certificate's SAN
+    trusted_root: str               # path of trusted_root.json (resolved beside the manifest)
+    root_json: bytes = field(default=b"", repr=False)
+
+
+@dataclass(frozen=True)
+class TrustRule:
+    """One entry of `trust.policies:`; first match wins."""
+
+    where: str                      # "mirror.yaml:14 trust.policies[0]"
+    match: str                      # glob over the normalised reference (or its repository)
+    signed_by: tuple[str, ...] = ()
+    keyless: Keyless | None = None
+    accept_unsigned: bool = False
+    match_reference: bool = False
+
+    def matches(self, reference: str, repository: str) -> bool:
+        return fnmatchcase(reference, self.match) or fnmatchcase(repository, self.match)
+
+    @property
+    def name(self) -> str:
+        return f"{self.match} ({self.where})"
+
+
+@dataclass(frozen=True)
+class TrustSpec:
+    """`trust:`: named public keys (PEM bytes, read when the manifest is) and the policies."""
+
+    keys: dict[str, bytes] = field(default_factory=dict, repr=False)
+    key_files: dict[str, str] = field(default_factory=dict)
+    policies: tuple[TrustRule, ...] = ()
+
+    def rule_for(self, reference: str, repository: str) -> TrustRule | None:
+        """The first policy whose `match` covers this image; None: the image is not checked."""
+        return next((r for r in self.policies if r.matches(reference, repository)), None)

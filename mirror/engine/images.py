@@ -37,6 +37,7 @@ class ImageReport:
     seconds: float = 0.0
     status: str = "pending"
     error: str | None = None
+    trust: dict | None = None       # the trust policy's verdict (trust: in mirror.yaml)
 
 
 @dataclass
@@ -48,6 +49,9 @@ class Item:
     reg: Registry | None
     started: float
     spec: ImageSpec | None = None
+    referrers: list[Item] = field(default_factory=list)   # found for it (referrers: or trust:)
+    for_trust: bool = False        # a signature mirrored because a trust policy needs it
+    referrer: bool = False         # found pointing at another image (never judged itself)
 
 
 def fail(item: Item, error: str, progress: Progress) -> None:
@@ -55,6 +59,9 @@ def fail(item: Item, error: str, progress: Progress) -> None:
     item.report.status, item.report.error = "failed", error
     item.report.seconds = round(time.monotonic() - item.started, 3)
     progress.image_done(item.report.reference, False, error)
+
+
+MAX_SIGNATURE_BLOB = 1 << 20     # a signature layer or Sigstore bundle read for a trust check
 
 
 class Resolver:
@@ -75,6 +82,19 @@ class Resolver:
                                              hashers=self.ctx.hashers)
         return self.registries[host]
 
+    def asks_referrers(self, it: Item) -> bool:
+        return it.spec.referrers if it.spec.referrers is not None else self.spec.referrers
+
+    def rule(self, it: Item):
+        """The trust policy covering an image (None: no trust: or no rule matches)."""
+        if self.spec.trust is None or it.res is None:
+            return None
+        return self.spec.trust.rule_for(str(it.res.ref), it.res.ref.name)
+
+    def is_signature(self, it: Item) -> bool:
+        from ..trust.policy import is_signature_manifest
+        return any(is_signature_manifest(m.raw) for _, m in it.res.images)
+
     async def resolve_all(self, session) -> list[Item]:
         """Every entry expanded and resolved, with the referrers asked for."""
         refs_per_spec = await asyncio.gather(*(self.expand(session, s) for s in self.spec.images))
@@ -82,7 +102,45 @@ class Resolver:
         self.progress.images_total(len(work))
         items = await asyncio.gather(*(self.resolve_one(session, s, r) for s, r in work))
         items += await self.referrers(session, items)
+        if self.spec.trust is not None:
+            items = await self.check_trust(items)
         return items
+
+    async def check_trust(self, items: list[Item]) -> list[Item]:
+        """trust: every image a policy covers judged from the signatures found for it; one that
+        fails is not mirrored, and the signatures fetched only for it are dropped."""
+        todo = [it for it in items if it.res is not None and not it.referrer and self.rule(it) is not None]
+        await asyncio.gather(*(self.judge(it) for it in todo))
+        dropped = {id(x) for it in todo if it.res is None for x in it.referrers if x.for_trust}
+        return [it for it in items if id(it) not in dropped]
+
+    async def judge(self, it: Item) -> None:
+        from ..trust.policy import find_candidates, judge
+        from ..trust.types import BUNDLE_V03, SIMPLESIGNING
+        rule, res = self.rule(it), it.res
+        cands = []
+        if not rule.accept_unsigned:
+            sigs = [x for x in it.referrers if x.res is not None]
+            try:
+                await asyncio.gather(*(x.reg.fetch_blob(x.res.ref.repository, d, self.store)
+                                       for x in sigs for d in x.res.blobs.values()
+                                       if d.media_type in (SIMPLESIGNING, BUNDLE_V03) and d.size <= MAX_SIGNATURE_BLOB
+                                       and not self.store.has(d.digest)))
+            except MirrorError as exc:
+                fail(it, f"trust policy {rule.name}: reading its signatures: {exc}", self.progress)
+                it.res = None
+                return
+            cands = find_candidates([(m.raw, m.digest) for x in sigs for _, m in x.res.images],
+                                    lambda d: self.store.read(d) if self.store.has(d) else b"")
+        verdict = judge(self.spec.trust, rule, cands, res.source_digest or res.top.digest, res.ref.name)
+        it.report.trust = verdict.to_json()
+        if not verdict.ok:
+            fail(it, f"trust policy {rule.name}: {verdict.reason}", self.progress)
+            it.res = None
+        elif res.source_digest and not rule.accept_unsigned:
+            # the signature covers the registry's index: carry its bytes, so the chain from the
+            # signature to the filtered index can be checked inside
+            res.manifests.update(res.originals)
 
     async def referrers(self, session, items: list[Item]) -> list[Item]:
         """referrers: true: one more image for everything that points at a mirrored one."""
@@ -99,16 +157,24 @@ class Resolver:
             return list(await asyncio.gather(*(self.resolve_one(session, it.spec, ref, referrer=True)
                                                for ref in refs)))
         wanted = [it for it in items if it.res is not None and it.spec is not None
-                  and (it.spec.referrers if it.spec.referrers is not None else self.spec.referrers)]
+                  and (self.asks_referrers(it) or self.rule(it) is not None)]
         if not wanted:
             return []
-        found = [x for batch in await asyncio.gather(*(of(it) for it in wanted)) for x in batch]
+        batches = await asyncio.gather(*(of(it) for it in wanted))
         seen = {it.report.reference for it in items}
         extra = []
-        for x in found:       # two tags of one image share their referrers: keep each once
-            if x.report.reference not in seen:
-                seen.add(x.report.reference)
-                extra.append(x)
+        for it, batch in zip(wanted, batches, strict=True):
+            if not self.asks_referrers(it):      # only for the trust policy: its signatures alone
+                batch = [x for x in batch if x.res is None or self.is_signature(x)]
+                for x in batch:
+                    x.for_trust = True
+            it.referrers = batch
+            for x in batch:
+                x.referrer = True
+            for x in batch:   # two tags of one image share their referrers: keep each once
+                if x.report.reference not in seen:
+                    seen.add(x.report.reference)
+                    extra.append(x)
         self.progress.images_total(len(items) + len(extra))
         return extra
 

@@ -32,6 +32,7 @@ class Resolved:
     images: list[tuple[Platform | None, Manifest]] = field(default_factory=list)  # per platform
     platforms: list[str] = field(default_factory=list)
     target: str | None = None                         # mirror.yaml's target: path, for push
+    originals: dict[str, int] = field(default_factory=dict)   # indexes rewritten: their own bytes' digest, size
 
     @property
     def name(self) -> str:
@@ -139,6 +140,7 @@ class _IndexWalk:
         if (len(kept) == len(index.children) and not replaced) or self.keep:
             self.out.manifests[index.digest] = len(index.raw)
             return index
+        self.out.originals[index.digest] = len(index.raw)
         raw = rewrite_index(index, kept, replaced)
         rewritten = parse_manifest(raw, index.media_type, self.where)
         self.store.put(rewritten.digest, raw)
