@@ -11,8 +11,12 @@ that lost its registry"), and serve's `--listen 0.0.0.0:5000` a free loopback po
 - After an outside block, the files of each `-o BUNDLE` (`BUNDLE.*`: the parts and the sums
   file; the report stays outside) are carried into the inside directory, flat.
 - `imgmirror serve` is started in the background, read with skopeo, and stopped.
+- The team's cosign key pair is made first; its public half is written to `keys/release.pub`
+  outside (where the doc's manifest names it); every ghcr.io image is signed with it, as cosign
+  signs (tests/cosignfake.py), and its `sha256-….sig` tag pushed beside it. After week 1's
+  outside block `mirror.yaml` and `keys/` are carried in with the bundle, as the doc says.
 - Upstream changes before each week (generated images pushed with imagegen): week 1 alpine
-  3.18-3.20 (multi-arch) and app (FROM alpine 3.19, one tag signed cosign-style); week 2 alpine
+  3.18-3.20 (multi-arch) and app (FROM alpine 3.19, every tag signed); week 2 alpine
   3.21 and org/worker, FROM alpine 3.20 (its base layer came in week 1); week 3 alpine 3.21
   rebuilt and app v1.2.0.
 - After each week's inside block, skopeo checks that every tag the week selects is in the inside
@@ -40,6 +44,7 @@ from pathlib import Path
 import yaml
 
 import imagegen
+from cosignfake import gen_key, sign_image
 from registries import free_port
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "airgap.md"
@@ -56,7 +61,7 @@ SELECTED = {
     3: {"library/alpine": ["3.20", "3.21"], "org/app": ["v1.0.0", "v1.1.0", "v1.2.0"],
         "org/worker": ["v1.0.0"]},
 }
-SIGNED = ("org/app", "v1.1.0")                    # carries a cosign-style signature tag
+SIGNED_REPOS = ("org/app", "org/worker")          # every image signed by the team's key (trust:)
 
 
 # --------------------------------------------------------------------------------------------
@@ -121,7 +126,7 @@ class Upstream:
         self.alpine: dict[str, imagegen.Index] = {}
         self.digests: dict[tuple[str, str], str] = {}
         self.artifacts: dict[tuple[str, str], imagegen.Artifact] = {}
-        self.signature: imagegen.Image | None = None
+        self.key, self.public_pem = gen_key("ecdsa-p256")     # the team's cosign key pair
 
     def _alpine(self, version: str, build: str = "") -> imagegen.Index:
         idx = imagegen.make_multiarch(f"alpine-{version}{build}", size=SIZE, platforms=PLATFORMS,
@@ -139,10 +144,7 @@ class Upstream:
         ghcr: dict[str, list] = {}
         if week == 1:
             hub["library/alpine"] = [(v, self._alpine(v)) for v in ("3.18", "3.19", "3.20")]
-            app = [(t, self._on("3.19", "app", t)) for t in ("v1.0.0", "v1.1.0", "v1.2.0-rc1", "v2.0.0")]
-            self.signature = imagegen.make_cosign_signature(dict(app)["v1.1.0"])
-            app.append((imagegen.cosign_tag(dict(app)["v1.1.0"].digest), self.signature))
-            ghcr["org/app"] = app
+            ghcr["org/app"] = [(t, self._on("3.19", "app", t)) for t in ("v1.0.0", "v1.1.0", "v1.2.0-rc1", "v2.0.0")]
         elif week == 2:
             hub["library/alpine"] = [("3.21", self._alpine("3.21"))]
             ghcr["org/worker"] = [("v1.0.0", self._on("3.20", "worker", "v1.0.0"))]
@@ -151,6 +153,10 @@ class Upstream:
             ghcr["org/app"] = [("v1.2.0", self._on("3.21", "app", "v1.2.0"))]
         else:
             raise AssertionError(f"the test knows no upstream for week {week}")
+
+        for repo, items in ghcr.items():    # the team signs what it publishes, as cosign does
+            items += [(imagegen.cosign_tag(art.digest), sign_image(art.digest, f"ghcr.io/{repo}", self.key))
+                      for _, art in list(items)]
 
         def push_repo(reg, repo, items):
             for tag, art in items:          # one repository's tags in turn (distribution 2.8 races)
@@ -263,8 +269,10 @@ def week_expectation(week: int, upstream: Upstream, files: dict[str, bytes]) -> 
     for repo, tags in SELECTED[week].items():
         for tag in tags:
             want[(repo, tag)] = upstream.digests[(repo, tag)]
-    sig_tag = imagegen.cosign_tag(upstream.digests[SIGNED])
-    want[(SIGNED[0], sig_tag)] = upstream.digests[(SIGNED[0], sig_tag)]
+    for repo, tag in list(want):
+        if repo in SIGNED_REPOS:        # the signature travels with the image (referrers, trust)
+            sig_tag = imagegen.cosign_tag(upstream.digests[(repo, tag)])
+            want[(repo, sig_tag)] = upstream.digests[(repo, sig_tag)]
     expected_refs = {f"{upstream.source_host(repo)}/{repo}:{tag}" for repo, tag in want}
     assert set(refs) == expected_refs, f"week {week}: the bundle's images are not what mirror.yaml selects"
     for (repo, tag), source_digest in list(want.items()):
@@ -307,6 +315,8 @@ def test_airgap_doc_weekly_cycle_runs_as_written(tmp_path, make_registry):
     inside.mkdir()
     runner = Runner(tmp_path)
     upstream = Upstream(hub, ghcr)
+    (outside / "keys").mkdir()
+    (outside / "keys" / "release.pub").write_bytes(upstream.public_pem)     # where the doc names it
     prefix = "mirror"
     inside_state: dict[tuple[str, str], str] = {}       # what the inside registry must hold
     carried_layers: set[str] = set()                      # layers earlier weeks' bundles held
@@ -348,6 +358,9 @@ def test_airgap_doc_weekly_cycle_runs_as_written(tmp_path, make_registry):
                 out = runner.run(cmd, cwd)
                 if cmd.startswith("sha256sum -c "):
                     assert ": OK" in out and "FAILED" not in out, out
+                if cmd.startswith("imgmirror verify ") and "--policy" in cmd:    # each app signed by the key
+                    signed = re.findall(r"^trusted: \S+/org/\S+ \S+: signed by release", out, re.M)
+                    assert signed and "problem:" not in out, out
                 pushed |= cmd.startswith("imgmirror push ")
             if block.first == "# outside":            # the carry: parts and sums, not the report
                 for bundle in re.findall(r"-o (\S+)", text):
@@ -357,11 +370,17 @@ def test_airgap_doc_weekly_cycle_runs_as_written(tmp_path, make_registry):
                     assert f"{Path(bundle).name}.sha256sums" in names and f"{Path(bundle).name}.001" in names, names
                     for f in carried:
                         shutil.copy2(f, inside / f.name)
+                if week == 1:                     # the policy goes in with the first bundle
+                    assert "this first time also\n`mirror.yaml` and `keys/`" in doc
+                    shutil.copy2(outside / "mirror.yaml", inside / "mirror.yaml")
+                    shutil.copytree(outside / "keys", inside / "keys")
         if week:
             assert pushed, f"{section}: nothing was pushed"
             files = bundle_files(inside, f"week{week}.tar")
             # The doc's claims about what travels: no layer twice; week 2 without the worker's base.
-            layers = {d for key in upstream.artifacts for d in upstream.layers(*key)}
+            # (signature payloads travel in every bundle, like manifests: the doc says so)
+            layers = {d for key in upstream.artifacts if not key[1].startswith("sha256-")
+                      for d in upstream.layers(*key)}
             held = blob_digests(files) & layers
             assert not held & carried_layers, f"week {week} carried layers again: {held & carried_layers}"
             carried_layers |= held
@@ -377,7 +396,7 @@ def test_airgap_doc_weekly_cycle_runs_as_written(tmp_path, make_registry):
             assert pushed
             assert_inside(replay, prefix, inside_state, "after the chain replay into a new registry")
 
-    assert len(inside_state) == 8       # alpine 3.19-3.21, app v1.0.0-v1.2.0 and a signature, worker
+    assert len(inside_state) == 11   # alpine 3.19-3.21, app v1.0.0-v1.2.0, worker, and their 4 signatures
     elapsed = time.monotonic() - t_start
     slow = sorted(runner.log, key=lambda c: -c[1])[:3]
     print(f"airgap doc cycle: {elapsed:.1f}s; slowest commands: "

@@ -17,12 +17,14 @@ from ..core.oci import sha256_digest
 from ..core.platform import Platform, matches, parse_platform
 from ..core.spec import MirrorSpec
 from ..specfile import beside
+from ..trust.types import BUNDLE_V03, SIMPLESIGNING
 from .context import RunContext
 from .fetch import RegistrySource
 from .report import BundleSummary
 from .resolve import Resolved
 
 DEFAULT_LOAD_PLATFORM = parse_platform("linux/amd64")
+SIGNATURE_TYPES = (SIMPLESIGNING, BUNDLE_V03)
 
 
 class BundleOutput:
@@ -39,13 +41,16 @@ class BundleOutput:
         return not self.opts.push_to or bool(self.opts.output)
 
     def plan_differential(self, items: list) -> None:
-        """--since: leave out the blobs the base carried (manifests always travel), and record
+        """--since: leave out the blobs the base carried (manifests and signatures always travel), and record
         which ones this bundle expects from it."""
         base = self.opts.since
         if base is None or not items:
             return
         manifests = {d for it in items for d in it.res.manifests}
-        self.excluded = set(base.carried) - manifests
+        # signature payloads travel like manifests (small), so the trust policy can be checked
+        # from a differential bundle alone
+        signatures = {d for it in items for d, desc in it.res.blobs.items() if desc.media_type in SIGNATURE_TYPES}
+        self.excluded = set(base.carried) - manifests - signatures
         expected = {d: size for it in items for d, size in it.res.sizes().items() if d in self.excluded}
         doc = expected_doc(base, expected)
         self.expected_blob = (sha256_digest(doc), len(doc))

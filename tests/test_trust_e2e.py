@@ -1,0 +1,256 @@
+"""trust: as users run it, against the suite's real registry: signatures written as cosign writes
+them (tests/cosignfake.py), `imgmirror sync` refusing what the policy refuses (outside), and
+`verify --policy`, `push --policy` and `serve --policy` checking the bundle alone (inside).
+
+The signed multi-arch index is filtered to one platform on the way, so the inside check has to
+follow the chain: signature -> the registry's index digest -> the original index bytes carried
+in the bundle -> every kept child listed there with the same descriptor."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+import imagegen as g
+from cosignfake import gen_key, sign_image, simple_signing_payload, sig_image, sign
+from helpers import run_cli, write_manifest
+from mirror.core.oci import digest_hex
+
+
+@pytest.fixture(scope="module")
+def keys():
+    release, release_pem = gen_key("ecdsa-p256")
+    other, _ = gen_key("ecdsa-p256")
+    return release, release_pem, other
+
+
+def _sig(host, repo, digest, image):
+    g.push_raw(image, host, repo, g.cosign_tag(digest))
+
+
+@pytest.fixture
+def world(registry, keys, tmp_path):
+    """The source registry: one image per case, and a mirror.yaml with a trust: policy."""
+    release, release_pem, other = keys
+    host = registry.host
+    multi = g.make_multiarch("trust-multi", attestations=False)
+    g.push(multi, host, "team/signed", "1.0")
+    _sig(host, "team/signed", multi.digest, sign_image(multi.digest, f"{host}/team/signed", release))
+
+    plain = g.make_image([g.make_layer("trust-unsigned", 2048)])
+    g.push(plain, host, "team/unsigned", "1.0")
+
+    by_other = g.make_image([g.make_layer("trust-other", 2048)])
+    g.push(by_other, host, "team/otherkey", "1.0")
+    _sig(host, "team/otherkey", by_other.digest, sign_image(by_other.digest, f"{host}/team/otherkey", other))
+
+    wrong = g.make_image([g.make_layer("trust-wrong", 2048)])
+    g.push(wrong, host, "team/wrongdigest", "1.0")
+    payload = simple_signing_payload(plain.digest, f"{host}/team/wrongdigest")     # names another image
+    _sig(host, "team/wrongdigest", wrong.digest, sig_image([(payload, sign(release, payload))]))
+
+    before, after = (g.make_image([g.make_layer(f"trust-moved-{i}", 2048)]) for i in (1, 2))
+    g.push(before, host, "team/moved", "1.0")
+    _sig(host, "team/moved", before.digest, sign_image(before.digest, f"{host}/team/moved", release))
+    g.push(after, host, "team/moved", "1.0")           # the tag moved to an unsigned image
+
+    optout = g.make_image([g.make_layer("trust-optout", 2048)])
+    g.push(optout, host, "team/optout", "1.0")
+    free = g.make_image([g.make_layer("trust-free", 2048)])
+    g.push(free, host, "other/free", "1.0")
+
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "release.pub").write_bytes(release_pem)
+    manifest = write_manifest(tmp_path / "mirror.yaml", f"""version: 1
+platforms: [linux/amd64]
+trust:
+  keys:
+    release: keys/release.pub
+  policies:
+    - match: {host}/team/optout*
+      accept: unsigned
+    - match: {host}/team/*
+      signed_by: [release]
+images:
+  - {host}/team/signed:1.0
+  - {host}/team/unsigned:1.0
+  - {host}/team/otherkey:1.0
+  - {host}/team/wrongdigest:1.0
+  - {host}/team/moved:1.0
+  - {host}/team/optout:1.0
+  - {host}/other/free:1.0
+""")
+    return {"host": host, "manifest": manifest, "multi": multi, "tmp": tmp_path, "release_pem": release_pem}
+
+
+@pytest.fixture
+def cli(capsys):
+    """`imgmirror ARGS` in-process: (exit code, stdout, stderr)."""
+    return lambda *args: run_cli(*args, capsys=capsys)
+
+
+def _sync(world, cli, *extra):
+    tmp = world["tmp"]
+    code, out, err = cli("sync", str(world["manifest"]), "--cache", str(tmp / "cache"),
+                             "--report", str(tmp / "report.json"), "--no-progress", *extra)
+    return code, json.loads((tmp / "report.json").read_text()), err
+
+
+def test_sync_mirrors_only_what_the_policy_allows_and_says_why(world, cli):
+    tmp, host = world["tmp"], world["host"]
+    code, report, err = _sync(world, cli, "-o", str(tmp / "b.tar"))
+    assert code == 1, err
+    by = {r["reference"]: r for r in report["images"]}
+    signed = by[f"{host}/team/signed:1.0"]
+    assert signed["status"] == "ok"
+    assert signed["trust"]["ok"] and signed["trust"]["signer"] == "release"
+    assert signed["trust"]["policy"].startswith(f"{host}/team/* (")
+    assert signed["trust"]["signature"].startswith("sha256:")
+    assert signed["source_digest"] == world["multi"].digest       # filtered: the signed digest is the source's
+    reasons = {name: by[f"{host}/team/{name}:1.0"]["error"] or "" for name in
+               ("unsigned", "otherkey", "wrongdigest", "moved")}
+    assert all(by[f"{host}/team/{n}:1.0"]["status"] == "failed" for n in reasons)
+    assert "no signature found" in reasons["unsigned"]
+    assert "no signature verifies with release" in reasons["otherkey"]
+    assert "names another digest" in reasons["wrongdigest"]
+    assert "no signature found" in reasons["moved"]          # the new image has no signature of its own
+    for n in reasons:
+        assert f"trust policy {host}/team/* (" in reasons[n] and "mirror.yaml:" in reasons[n]
+    assert by[f"{host}/team/optout:1.0"]["status"] == "ok"
+    assert "accepted unsigned" in by[f"{host}/team/optout:1.0"]["trust"]["reason"]
+    assert by[f"{host}/other/free:1.0"]["status"] == "ok" and by[f"{host}/other/free:1.0"]["trust"] is None
+    # the signature travels; the refused images and their signatures do not
+    names = _names(tmp / "b.tar")
+    assert f"{host}/team/signed:{g.cosign_tag(world['multi'].digest)}" in names
+    assert not any("/team/otherkey" in n or "/team/unsigned" in n for n in names)
+
+
+def _names(tar: Path) -> set[str]:
+    with tarfile.open(tar) as tf:
+        index = json.load(tf.extractfile("index.json"))
+    return {m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"]}
+
+
+def test_the_inside_verifies_the_filtered_index_from_the_bundle_alone(world, cli):
+    tmp, host = world["tmp"], world["host"]
+    _sync(world, cli, "-o", str(tmp / "b.tar"))
+    code, out, _ = cli("verify", str(tmp / "b.tar"), "--policy", str(world["manifest"]))
+    assert code == 0, out
+    assert f"trusted: {host}/team/signed:1.0 {world['multi'].digest}: signed by release" in out
+    # --key: every image must be signed with it; the opt-out and the free image are not
+    code, out, _ = cli("verify", str(tmp / "b.tar"), "--key", str(tmp / "keys" / "release.pub"))
+    assert code == 1
+    assert f"problem: {host}/team/optout:1.0: trust policy * (--key): no signature found" in out
+    assert f"trusted: {host}/team/signed:1.0" in out
+
+
+def test_tampered_original_index_bytes_break_the_chain(world, cli):
+    tmp, host = world["tmp"], world["host"]
+    _sync(world, cli, "-o", str(tmp / "layout") + "/")
+    original = tmp / "layout" / "blobs" / "sha256" / digest_hex(world["multi"].digest)
+    assert original.exists(), "the original index bytes travel with the filtered index"
+    code, out, _ = cli("verify", str(tmp / "layout"), "--policy", str(world["manifest"]))
+    assert code == 0, out
+    doc = json.loads(original.read_bytes())
+    doc["manifests"][0]["annotations"] = {"evil": "yes"}
+    original.write_bytes(json.dumps(doc).encode())
+    code, out, _ = cli("verify", str(tmp / "layout"), "--policy", str(world["manifest"]))
+    assert code == 1
+    assert f"problem: {host}/team/signed:1.0: trust policy {host}/team/* (" in out
+    assert "original index bytes are damaged" in out
+
+
+def test_a_filtered_child_not_in_the_signed_index_is_refused(world, cli):
+    """The filtered index edited to list a child the signed index never had: the chain breaks."""
+    tmp, host = world["tmp"], world["host"]
+    _sync(world, cli, "-o", str(tmp / "layout") + "/")
+    index = json.loads((tmp / "layout" / "index.json").read_text())
+    entry = next(m for m in index["manifests"]
+                 if m["annotations"]["org.opencontainers.image.ref.name"] == f"{host}/team/signed:1.0")
+    path = tmp / "layout" / "blobs" / "sha256" / digest_hex(entry["digest"])
+    doc = json.loads(path.read_bytes())
+    doc["manifests"][0]["platform"]["architecture"] = "s390x"
+    raw = json.dumps(doc).encode()
+    new = g.sha256_digest(raw)
+    (tmp / "layout" / "blobs" / "sha256" / digest_hex(new)).write_bytes(raw)
+    entry["digest"], entry["size"] = new, len(raw)
+    (tmp / "layout" / "index.json").write_text(json.dumps(index))
+    code, out, _ = cli("verify", str(tmp / "layout"), "--policy", str(world["manifest"]))
+    assert code == 1
+    assert "which the signed index" in out and f"{host}/team/signed:1.0" in out
+
+
+def test_push_with_a_policy_refuses_unsigned_images_before_any_manifest(world, make_registry, cli):
+    """A bundle made without the policy, pushed inside with it: only the signed image lands."""
+    tmp, host = world["tmp"], world["host"]
+    text = world["manifest"].read_text()
+    plain = text.split("trust:")[0] + "images:" + text.split("images:")[1]
+    write_manifest(tmp / "plain.yaml", plain)
+    code, _, err = cli("sync", str(tmp / "plain.yaml"), "--cache", str(tmp / "c2"), "-o",
+                           str(tmp / "all.tar"), "--no-progress")
+    assert code == 0, err
+    inside = make_registry()
+    code, out, err = cli("push", str(tmp / "all.tar"), "--to", inside.host, "--policy",
+                             str(world["manifest"]), "--report", str(tmp / "push.json"), "--no-progress")
+    assert code == 1
+    report = json.loads((tmp / "push.json").read_text())
+    status = {r["reference"]: (r["status"], r["error"]) for r in report["images"]}
+    assert status[f"{host}/team/unsigned:1.0"][0] == "failed"
+    assert "no signature found" in status[f"{host}/team/unsigned:1.0"][1]
+    assert status[f"{host}/team/optout:1.0"][0] == "ok" and status[f"{host}/other/free:1.0"][0] == "ok"
+    puts = [r.path for r in inside.requests() if r.method == "PUT"]
+    assert any("/team/optout/manifests/" in p for p in puts)
+    assert not any("/team/unsigned/" in p or "/team/otherkey/" in p for p in puts)
+
+
+def test_push_of_the_trusted_bundle_carries_the_signature_inside(world, make_registry, cli):
+    tmp = world["tmp"]
+    _sync(world, cli, "-o", str(tmp / "b.tar"))
+    inside = make_registry()
+    code, out, err = cli("push", str(tmp / "b.tar"), "--to", inside.host, "--policy", str(world["manifest"]),
+                             "--no-progress")
+    assert code == 0, out + err
+    sig_tag = g.cosign_tag(world["multi"].digest)
+    raw = g.inspect_raw(inside.host, f"team/signed:{sig_tag}")
+    assert json.loads(raw)["layers"][0]["mediaType"] == "application/vnd.dev.cosign.simplesigning.v1+json"
+
+
+def test_serve_with_a_policy_serves_only_what_verifies(world, cli):
+    tmp, host = world["tmp"], world["host"]
+    text = world["manifest"].read_text()
+    write_manifest(tmp / "plain.yaml", text.split("trust:")[0] + "images:" + text.split("images:")[1])
+    cli("sync", str(tmp / "plain.yaml"), "--cache", str(tmp / "c3"), "-o", str(tmp / "all.tar"), "--no-progress")
+    from mirror import api
+    with api.serve([str(tmp / "all.tar")], listen="127.0.0.1:0", policy=str(world["manifest"])) as server:
+        assert any(f"{host}/team/unsigned:1.0 is not served: trust policy" in w for w in server.warnings)
+        assert not any("team/optout" in w for w in server.warnings)
+
+
+@pytest.mark.parametrize("policy, message", [
+    ("    - match: x/*\n      signed_by: [nokey]\n", "no key 'nokey' in trust.keys"),
+    ("    - match: x/*\n", "give exactly one of signed_by"),
+    ("    - match: x/*\n      accept: signed\n", "expected `accept: unsigned`"),
+    ("    - match: x/*\n      signed_by: [release]\n      keyless: {issuer: a, identity: b, trusted_root: r.json}\n",
+     "found signed_by and keyless"),
+])
+def test_policy_mistakes_name_the_place(tmp_path, keys, policy, message, cli):
+    (tmp_path / "release.pub").write_bytes(keys[1])
+    path = write_manifest(tmp_path / "m.yaml", "version: 1\ntrust:\n  keys:\n    release: release.pub\n"
+                          f"  policies:\n{policy}images: [alpine]\n")
+    code, out, err = cli("sync", str(path), "--dry-run")
+    assert code == 2, err
+    assert message in err and "m.yaml:" in err and "trust.policies[0]" in err
+
+
+def test_a_missing_or_bad_key_file_is_named(tmp_path, cli):
+    path = write_manifest(tmp_path / "m.yaml", "version: 1\ntrust:\n  keys:\n    release: keys/nope.pub\n"
+                          "  policies:\n    - match: '*'\n      signed_by: [release]\nimages: [alpine]\n")
+    code, _, err = cli("sync", str(path), "--dry-run")
+    assert code == 2 and "m.yaml:4 trust.keys.release" in err and "nope.pub" in err
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "nope.pub").write_text("not a key")
+    code, _, err = cli("sync", str(path), "--dry-run")
+    assert code == 2 and "trust.keys.release" in err and "PEM" in err
