@@ -254,3 +254,54 @@ def test_a_missing_or_bad_key_file_is_named(tmp_path, cli):
     (tmp_path / "keys" / "nope.pub").write_text("not a key")
     code, _, err = cli("sync", str(path), "--dry-run")
     assert code == 2 and "trust.keys.release" in err and "PEM" in err
+
+
+# --- keyless: a Fulcio CA and a Rekor log key of the tests' own making, in a trusted_root.json --
+
+def test_keyless_signatures_verified_outside_and_inside(registry, tmp_path, cli):
+    """Two keyless-signed images, one as cosign's .sig tag (certificate and log entry in the
+    layer's annotations), one as a cosign v3 Sigstore bundle referrer (found through the
+    fallback tag on this registry, which has no referrers API), and one signed by another
+    identity: the first two pass outside and again inside from the bundle alone, the third fails."""
+    from cosignfake import bundle_image
+    from sigstorefake import Fulcio, Rekor, sign_keyless, simple_signing, statement, trusted_root_json
+    host = registry.host
+    fulcio, rekor = Fulcio(), Rekor()
+    legacy, v3, stranger = (g.make_image([g.make_layer(f"keyless-{n}", 2048)]) for n in ("legacy", "v3", "x"))
+    g.push(legacy, host, "ci/legacy", "1.0")
+    s = sign_keyless(fulcio, rekor, simple_signing(legacy.digest, f"{host}/ci/legacy"))
+    _sig(host, "ci/legacy", legacy.digest, sig_image([(s.payload, s.signature)], [s.annotations()]))
+    g.push(v3, host, "ci/v3", "1.0")
+    b = sign_keyless(fulcio, rekor, statement(v3.digest, f"{host}/ci/v3"), kind="bundle")
+    referrer = bundle_image(v3, b.bundle())
+    g.push_raw(referrer, host, "ci/v3")
+    g.push_raw(g.make_fallback_index([referrer]), host, "ci/v3", g.cosign_tag(v3.digest, ""))
+    g.push(stranger, host, "ci/stranger", "1.0")
+    s = sign_keyless(fulcio, rekor, simple_signing(stranger.digest, f"{host}/ci/stranger"),
+                     uri="https://github.com/evil/fork/.github/workflows/release.yml@refs/heads/main")
+    _sig(host, "ci/stranger", stranger.digest, sig_image([(s.payload, s.signature)], [s.annotations()]))
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "trusted_root.json").write_bytes(trusted_root_json([fulcio], [rekor]))
+    manifest = write_manifest(tmp_path / "mirror.yaml", f"""version: 1
+trust:
+  policies:
+    - match: {host}/ci/*
+      keyless:
+        issuer: https://token.actions.githubusercontent.com
+        identity: '^https://github\\.com/example/'
+        trusted_root: keys/trusted_root.json
+images: [{host}/ci/legacy:1.0, {host}/ci/v3:1.0, {host}/ci/stranger:1.0]
+""")
+    code, _, err = cli("sync", str(manifest), "--cache", str(tmp_path / "c"), "-o", str(tmp_path / "k.tar"),
+                       "--report", str(tmp_path / "k.json"), "--no-progress")
+    assert code == 1, err
+    by = {r["reference"]: r for r in json.loads((tmp_path / "k.json").read_text())["images"]}
+    for name in ("legacy", "v3"):
+        r = by[f"{host}/ci/{name}:1.0"]
+        assert r["status"] == "ok", r
+        assert r["trust"]["signer"].startswith("https://github.com/example/app/") and \
+            r["trust"]["signer"].endswith("(https://token.actions.githubusercontent.com)")
+    assert "certificate identity https://github.com/evil/fork/" in by[f"{host}/ci/stranger:1.0"]["error"]
+    code, out, _ = cli("verify", str(tmp_path / "k.tar"), "--policy", str(manifest))
+    assert code == 0, out
+    assert out.count("trusted: ") == 2 and "signed by https://github.com/example/app/" in out
