@@ -390,17 +390,21 @@ class _Reader(_Nodes):
 
     def key_file(self, node, where: str, path: str) -> bytes:
         """A public key file: there, readable, and a key cosign could have signed with."""
-        try:
-            pem = Path(path).read_bytes()
-        except OSError as exc:
-            self.fail(node, where, f"cannot read the key file {path!r} ({exc.strerror or exc}); give the "
-                      "path of a PEM public key (cosign.pub), relative to this manifest")
         from .trust.cosign import load_public_key
+        return self.trust_file(node, where, path, load_public_key, "a PEM public key (cosign.pub)")
+
+    def trust_file(self, node, where: str, path: str, check, what: str) -> bytes:
+        """A file the trust policy reads (a key, a trusted root): its bytes, `check`ed."""
         try:
-            load_public_key(pem)
+            raw = Path(path).read_bytes()
+        except OSError as exc:
+            self.fail(node, where, f"cannot read {path!r} ({exc.strerror or exc}); give the path of "
+                      f"{what}, relative to this manifest")
+        try:
+            check(raw)
         except ValueError as exc:
             self.fail(node, where, f"{path}: {exc}")
-        return pem
+        return raw
 
     def policy(self, node, path: str, keys: dict) -> TrustRule:
         fields = self.mapping(node, path, _POLICY_KEYS)
@@ -444,16 +448,8 @@ class _Reader(_Nodes):
             self.fail(fields["identity"][1], fields["identity"][2], f"invalid regular expression: {exc}")
         rnode, rwhere = fields["trusted_root"][1], fields["trusted_root"][2]
         root_path = beside(self.name, self.string(rnode, rwhere))
-        try:
-            raw = Path(root_path).read_bytes()
-        except OSError as exc:
-            self.fail(rnode, rwhere, f"cannot read {root_path!r} ({exc.strerror or exc}); give the path of "
-                      "a Sigstore trusted_root.json, relative to this manifest")
         from .trust.keyless import load_trusted_root
-        try:
-            load_trusted_root(raw)
-        except ValueError as exc:
-            self.fail(rnode, rwhere, f"{root_path}: {exc}")
+        raw = self.trust_file(rnode, rwhere, root_path, load_trusted_root, "a Sigstore trusted_root.json")
         return Keyless(issuer=issuer, identity=identity, trusted_root=root_path, root_json=raw)
 
 

@@ -305,3 +305,30 @@ images: [{host}/ci/legacy:1.0, {host}/ci/v3:1.0, {host}/ci/stranger:1.0]
     code, out, _ = cli("verify", str(tmp_path / "k.tar"), "--policy", str(manifest))
     assert code == 0, out
     assert out.count("trusted: ") == 2 and "signed by https://github.com/example/app/" in out
+
+
+def test_every_key_kind_cosign_signs_with_passes_outside_and_inside(registry, tmp_path, cli):
+    """ECDSA P-384, RSA and Ed25519 keys (P-256 is the world fixture's), each signing one image
+    pushed into the real registry; one policy naming the three keys."""
+    host = registry.host
+    (tmp_path / "keys").mkdir()
+    images = []
+    for kind in ("ecdsa-p384", "rsa", "ed25519"):
+        key, pem = gen_key(kind)
+        (tmp_path / "keys" / f"{kind}.pub").write_bytes(pem)
+        img = g.make_image([g.make_layer(f"kind-{kind}", 1024)])
+        g.push(img, host, f"kinds/{kind}", "1")
+        _sig(host, f"kinds/{kind}", img.digest, sign_image(img.digest, f"{host}/kinds/{kind}", key))
+        images.append(f"{host}/kinds/{kind}:1")
+    keys = "".join(f"    {k}: keys/{k}.pub\n" for k in ("ecdsa-p384", "rsa", "ed25519"))
+    manifest = write_manifest(tmp_path / "mirror.yaml", f"version: 1\ntrust:\n  keys:\n{keys}  policies:\n"
+                              f"    - match: '{host}/kinds/*'\n      signed_by: [ecdsa-p384, rsa, ed25519]\n"
+                              f"images: [{', '.join(images)}]\n")
+    code, _, err = cli("sync", str(manifest), "--cache", str(tmp_path / "c"), "-o", str(tmp_path / "k.tar"),
+                       "--report", str(tmp_path / "k.json"), "--no-progress")
+    assert code == 0, err
+    signers = {r["reference"]: r["trust"]["signer"] for r in json.loads((tmp_path / "k.json").read_text())["images"]
+               if r["trust"]}
+    assert signers == {f"{host}/kinds/{k}:1": k for k in ("ecdsa-p384", "rsa", "ed25519")}
+    code, out, _ = cli("verify", str(tmp_path / "k.tar"), "--policy", str(manifest))
+    assert code == 0 and out.count("trusted: ") == 3, out
