@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from .. import __version__, api
@@ -51,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "PREVIOUS (an earlier bundle, or its --report JSON) carried")
     s.add_argument("--split", metavar="SIZE", help="write the bundle tar as NAME.tar.001, .002, … of at "
                    "most SIZE each (K, M, G suffixes), and NAME.tar.sha256sums")
+    s.add_argument("--metrics", metavar="FILE.prom", help="write Prometheus text-format metrics of this run "
+                   "(for node_exporter's textfile collector), atomically")
     s.add_argument("-v", "--verbose", action="count", default=0)
     s.add_argument("-q", "--quiet", action="store_true", help="only failures and the summary")
 
@@ -68,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--report", help="write a JSON report to this file")
     u.add_argument("--fail-fast", action="store_true", help="stop at the first failed image")
     add_trust_options(u, "refuse, before any manifest, images that do not verify")
+    u.add_argument("--metrics", metavar="FILE.prom", help="write Prometheus text-format metrics of this run, "
+                   "atomically")
     u.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars (default: when stderr is a terminal)")
     u.add_argument("-v", "--verbose", action="count", default=0)
@@ -87,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if hasattr(args, "handler"):         # verify, list, serve, extract
             return args.handler(args)
-        return cmd_push(args) if args.command == "push" else cmd_sync(args)
+        return _with_metrics(cmd_push if args.command == "push" else cmd_sync, args)
     except MirrorError as exc:
         print(f"imgmirror: error: {exc}", file=sys.stderr)
         return exit_code(exc)
@@ -96,12 +101,32 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _with_metrics(cmd, args) -> int:
+    """Run sync or push; with --metrics, write the run's metrics whatever its end (exit code)."""
+    started, code = time.time(), 1
+    try:
+        code = cmd(args)
+        return code
+    except MirrorError as exc:
+        code = exit_code(exc)
+        raise
+    except KeyboardInterrupt:
+        code = 130
+        raise
+    finally:
+        if getattr(args, "metrics", None):
+            from ..metrics import write_metrics
+            write_metrics(args.metrics, command=args.command, manifest=getattr(args, "manifest", None),
+                          started=started, ended=time.time(), exit_code=code, result=getattr(args, "result", None))
+
+
 def cmd_sync(args) -> int:
     progress = _Deferred(args.progress, -1 if args.quiet else args.verbose)
     try:
         result = api.sync(args.manifest, output=args.output, cache=args.cache, jobs=args.jobs,
                           dry_run=args.dry_run, fail_fast=args.fail_fast, to=args.to, since=args.since,
                           split=args.split, progress=progress, wait_lock=args.wait_lock)
+        args.result = result
     finally:
         progress.close()
     if args.dry_run:
@@ -124,6 +149,7 @@ def cmd_push(args) -> int:
         result = api.push(args.bundle, args.to, config=args.config, jobs=args.jobs, insecure=args.insecure,
                           chunk_size=args.chunk_size, dry_run=args.dry_run, fail_fast=args.fail_fast,
                           progress=progress, policy=args.policy, key=args.key)
+        args.result = result
     finally:
         progress.close()
     if args.report:
