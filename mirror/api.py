@@ -78,13 +78,17 @@ def parse_listen(text: str) -> tuple[str, int]:
 def sync(manifest, *, output: PathLike | None = None, cache: PathLike | None = None,
          jobs: int | None = None, dry_run: bool = False, fail_fast: bool = False,
          to: str | None = None, since: PathLike | None = None, split: int | str | None = None,
-         progress: Progress | None = None, wait_lock: float = 0.0) -> SyncResult:
+         progress: Progress | None = None, wait_lock: float = 0.0, lock: PathLike | None = None,
+         locked: PathLike | None = None) -> SyncResult:
     """Mirror the images of `manifest` (a mirror.yaml path, or a MirrorSpec from
     mirror.specfile.load_spec) into a bundle, a registry (`to`), or both.
 
     Images that fail are reported in the result (`status == "failed"`), not raised; an invalid
     manifest or argument (SpecError, UsageError, before any request), a held cache lock
     (LockHeldError) or --fail-fast's stop (MirrorError) are raised.
+
+    `lock`: write what the run resolved there (YAML, for review); `locked`: mirror exactly the
+    digests of that lock, resolving no tag (an image the lock lacks is a UsageError).
     """
     from .bundle.base import load_base
     from .cache import Store, default_cache_dir
@@ -107,9 +111,11 @@ def sync(manifest, *, output: PathLike | None = None, cache: PathLike | None = N
     spec = manifest if isinstance(manifest, MirrorSpec) else load_spec(manifest)   # before any request
     cache = cache or (beside(spec.path, spec.cache) if spec.cache else None)
     store = Store(cache or default_cache_dir())
+    from .engine.lock import read_lock
     opts = SyncOptions(output=output, jobs=jobs, dry_run=dry_run, fail_fast=fail_fast,
                        push_to=Destination.parse(to) if to else None, split=split,
-                       since=load_base(os.fspath(since)) if since else None)
+                       since=load_base(os.fspath(since)) if since else None,
+                       lock=os.fspath(lock) if lock else None, locked=read_lock(locked) if locked else None)
     with store.lock(wait=wait_lock):
         return _run(Syncer(spec, store, opts, _progress(progress)).run())
 

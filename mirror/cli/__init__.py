@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "PREVIOUS (an earlier bundle, or its --report JSON) carried")
     s.add_argument("--split", metavar="SIZE", help="write the bundle tar as NAME.tar.001, .002, … of at "
                    "most SIZE each (K, M, G suffixes), and NAME.tar.sha256sums")
+    s.add_argument("--lock", metavar="FILE", help="write what this run resolved (every image's tag and digest) "
+                   "to FILE, YAML for review and version control")
+    s.add_argument("--locked", metavar="FILE", help="mirror exactly the digests of this lock: no tag is "
+                   "resolved (a tag that moved is reported); an image the lock lacks is an error")
     s.add_argument("--metrics", metavar="FILE.prom", help="write Prometheus text-format metrics of this run "
                    "(for node_exporter's textfile collector), atomically")
     s.add_argument("-v", "--verbose", action="count", default=0)
@@ -125,7 +129,8 @@ def cmd_sync(args) -> int:
     try:
         result = api.sync(args.manifest, output=args.output, cache=args.cache, jobs=args.jobs,
                           dry_run=args.dry_run, fail_fast=args.fail_fast, to=args.to, since=args.since,
-                          split=args.split, progress=progress, wait_lock=args.wait_lock)
+                          split=args.split, progress=progress, wait_lock=args.wait_lock, lock=args.lock,
+                          locked=args.locked)
         args.result = result
     finally:
         progress.close()

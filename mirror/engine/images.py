@@ -9,10 +9,10 @@ import time
 from dataclasses import dataclass, field
 
 from ..cache import Store
-from ..core.reference import Reference
+from ..core.reference import Reference, parse_reference
 from ..core.selection import select_tags
 from ..core.spec import ImageSpec, MirrorSpec, RegistryConfig
-from ..errors import MirrorError
+from ..errors import MirrorError, UsageError
 from ..progress import Progress
 from ..registry.client import Registry
 from ..registry.transport import transport_for
@@ -68,9 +68,11 @@ class Resolver:
     """Phase 1 of a sync: every image resolved (manifests are small), so the whole blob set is
     known before a blob is fetched. One Registry client per host, shared by the run."""
 
-    def __init__(self, spec: MirrorSpec, store: Store, progress: Progress, ctx: RunContext, jobs: int):
+    def __init__(self, spec: MirrorSpec, store: Store, progress: Progress, ctx: RunContext, jobs: int,
+                 locked: dict | None = None):
         self.spec, self.store, self.progress, self.ctx, self.jobs = spec, store, progress, ctx, jobs
         self.registries: dict[str, Registry] = {}
+        self.locked = locked          # sync --locked: reference -> lock.Locked; no tag is resolved
 
     def registry(self, session, ref: Reference) -> Registry:
         """One Registry (one transport, one token cache, one host semaphore) per host."""
@@ -97,10 +99,15 @@ class Resolver:
 
     async def resolve_all(self, session) -> list[Item]:
         """Every entry expanded and resolved, with the referrers asked for."""
-        refs_per_spec = await asyncio.gather(*(self.expand(session, s) for s in self.spec.images))
+        if self.locked is not None:
+            refs_per_spec = self.expand_locked()
+        else:
+            refs_per_spec = await asyncio.gather(*(self.expand(session, s) for s in self.spec.images))
         work = [(s, r) for s, rs in zip(self.spec.images, refs_per_spec, strict=True) for r in rs]
         self.progress.images_total(len(work))
         items = await asyncio.gather(*(self.resolve_one(session, s, r) for s, r in work))
+        if self.locked is not None:
+            await self.check_locked(session, items)
         items += await self.referrers(session, items)
         if self.spec.trust is not None:
             items = await self.check_trust(items)
@@ -146,6 +153,11 @@ class Resolver:
         """referrers: true: one more image for everything that points at a mirrored one."""
         async def of(it: Item) -> list[Item]:
             repo = Reference(it.res.ref.registry, it.res.ref.repository)
+            if self.locked is not None:      # the referrers the lock recorded, by their digests
+                refs = [parse_reference(e.reference).with_digest(e.digest) for e in self.locked.values()
+                        if e.referrer_of == it.res.name]
+                return list(await asyncio.gather(*(self.resolve_one(session, it.spec, ref, referrer=True)
+                                                   for ref in refs)))
             try:
                 found = await discover(it.reg, repo.repository, it.res.source_digest or it.res.top.digest)
             except MirrorError as exc:
@@ -177,6 +189,63 @@ class Resolver:
                     extra.append(x)
         self.progress.images_total(len(items) + len(extra))
         return extra
+
+    def expand_locked(self) -> list[list[Reference]]:
+        """sync --locked: each entry's images as the lock pinned them (tag and digest); UsageError
+        naming every image mirror.yaml selects that the lock lacks, before any request."""
+        out, missing = [], []
+        for spec in self.spec.images:
+            repo = spec.repository
+            if spec.pinned:
+                wanted = [spec.pinned.with_tag(spec.pinned.tag)]
+            else:
+                wanted = [repo.with_tag(t) for t in spec.tags] + [repo.with_digest(d) for d in spec.digests]
+            if spec.tag_filter:      # what the filter selected when the lock was written
+                named = {str(w) for w in wanted}
+                wanted += [parse_reference(k) for k, e in sorted(self.locked.items())
+                           if not e.referrer_of and k.startswith(repo.name + ":") and k not in named]
+            refs = []
+            for ref in wanted:
+                entry = self.locked.get(str(ref))
+                if entry is None:
+                    missing.append(f"{spec.where}: {ref}")
+                else:
+                    refs.append(ref.with_digest(entry.fetch_digest))
+            out.append(refs)
+        if missing:
+            raise UsageError("the lock lacks images mirror.yaml selects: " + "; ".join(missing) +
+                             "; run sync with --lock to write it again, and review the change")
+        return out
+
+    async def check_locked(self, session, items: list[Item]) -> None:
+        """A locked image came out as the lock says (a filtered index cut again gives the same
+        digest); a tag that moved since is reported, not followed."""
+        async def moved(it: Item) -> None:
+            ref = it.res.ref
+            try:
+                now = await it.reg.head_manifest(ref.repository, ref.tag)
+            except MirrorError as exc:
+                self.progress.warn(f"{ref.with_tag(ref.tag)}: could not check whether the tag moved ({exc})")
+                return
+            if now and now != ref.digest:
+                self.progress.warn(f"{ref.with_tag(ref.tag)}: the tag now points at {now}; mirroring the "
+                                   f"locked {ref.digest} (write the lock again to follow it)")
+        for it in items:
+            if it.res is None:
+                continue
+            entry = self.locked[it.res.name]
+            if it.res.top.digest != entry.digest:
+                fail(it, f"locked as {entry.digest}, but {entry.fetch_digest} now gives {it.res.top.digest} (did "
+                     "platforms: change?); write the lock again with --lock", self.progress)
+                it.res = None
+        await asyncio.gather(*(moved(it) for it in items if it.res is not None and it.res.ref.tag))
+
+    def lock_entries(self, items: list[Item]) -> list:
+        """What this run resolved, for sync --lock: every image that is mirrored, referrers too."""
+        from .lock import Locked
+        subject = {id(x): it.res.name for it in items if it.res is not None for x in it.referrers}
+        return [Locked(it.res.name, it.res.top.digest, it.res.source_digest, subject.get(id(it)))
+                for it in items if it.res is not None and it.report.status != "failed"]
 
     async def expand(self, session, spec: ImageSpec) -> list:
         """The references one manifest entry stands for: its tags (listed or selected) and digests."""

@@ -40,6 +40,8 @@ class SyncOptions:
     push_to: Destination | None = None     # sync --to: push from the cache into this registry
     split: int | None = None               # --split SIZE: NAME.tar.001, .002, … of at most SIZE bytes
     since: Base | None = None              # --since: a differential bundle on this base
+    lock: str | None = None                # --lock FILE: write what the run resolved
+    locked: dict | None = None             # --locked FILE, read: mirror exactly those digests
 
 
 @dataclass
@@ -63,7 +65,7 @@ class Syncer:
     def __init__(self, spec: MirrorSpec, store: Store, opts: SyncOptions, progress: Progress):
         self.spec, self.store, self.opts, self.progress = spec, store, opts, progress
         self.ctx = RunContext()       # this run's threads; closed at the end of run()
-        self.resolver = Resolver(spec, store, progress, self.ctx, opts.jobs or spec.concurrency)
+        self.resolver = Resolver(spec, store, progress, self.ctx, opts.jobs or spec.concurrency, opts.locked)
         self.fetcher = Fetcher(store, opts.jobs or spec.concurrency, progress)
         self.out = BundleOutput(spec, opts, store, self.ctx)
         self.writer: TarWriter | None = None        # the bundle tar, while the blobs arrive
@@ -100,6 +102,9 @@ class Syncer:
             except BaseException:
                 await self._abandon()
                 raise
+        if self.opts.lock:
+            from .lock import write_lock
+            write_lock(self.opts.lock, self.resolver.lock_entries(items))
         return self._result(items, pushed, started)
 
     async def _fetch_and_write(self, live: list[Item], items: list[Item]) -> None:
