@@ -79,7 +79,7 @@ def sync(manifest, *, output: PathLike | None = None, cache: PathLike | None = N
          jobs: int | None = None, dry_run: bool = False, fail_fast: bool = False,
          to: str | None = None, since: PathLike | None = None, split: int | str | None = None,
          progress: Progress | None = None, wait_lock: float = 0.0, lock: PathLike | None = None,
-         locked: PathLike | None = None) -> SyncResult:
+         locked: PathLike | None = None, shard: str | None = None, shards: int | None = None) -> SyncResult:
     """Mirror the images of `manifest` (a mirror.yaml path, or a MirrorSpec from
     mirror.specfile.load_spec) into a bundle, a registry (`to`), or both.
 
@@ -89,6 +89,8 @@ def sync(manifest, *, output: PathLike | None = None, cache: PathLike | None = N
 
     `lock`: write what the run resolved there (YAML, for review); `locked`: mirror exactly the
     digests of that lock, resolving no tag (an image the lock lacks is a UsageError).
+    `shard` ("I/N") or `shards` (N, the index from JOB_COMPLETION_INDEX): this run takes its
+    part of the manifest's repositories (engine/shard.py); `{shard}` in the output is `1of4`…
     """
     from .bundle.base import load_base
     from .cache import Store, default_cache_dir
@@ -112,10 +114,12 @@ def sync(manifest, *, output: PathLike | None = None, cache: PathLike | None = N
     cache = cache or (beside(spec.path, spec.cache) if spec.cache else None)
     store = Store(cache or default_cache_dir())
     from .engine.lock import read_lock
+    from .engine.shard import Shard
     opts = SyncOptions(output=output, jobs=jobs, dry_run=dry_run, fail_fast=fail_fast,
                        push_to=Destination.parse(to) if to else None, split=split,
                        since=load_base(os.fspath(since)) if since else None,
-                       lock=os.fspath(lock) if lock else None, locked=read_lock(locked) if locked else None)
+                       lock=os.fspath(lock) if lock else None, locked=read_lock(locked) if locked else None,
+                       shard=Shard.parse(shard, shards))
     with store.lock(wait=wait_lock):
         return _run(Syncer(spec, store, opts, _progress(progress)).run())
 

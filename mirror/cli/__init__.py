@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "to FILE, YAML for review and version control")
     s.add_argument("--locked", metavar="FILE", help="mirror exactly the digests of this lock: no tag is "
                    "resolved (a tag that moved is reported); an image the lock lacks is an error")
+    s.add_argument("--shard", metavar="I/N", help="take part I (from 0) of N of the manifest's repositories; "
+                   "every shard computes the same partition ({shard} in the output path: 1of4, …)")
+    s.add_argument("--shards", type=int, metavar="N", help="as --shard, with I from $JOB_COMPLETION_INDEX "
+                   "(a Kubernetes Indexed Job)")
     s.add_argument("--metrics", metavar="FILE.prom", help="write Prometheus text-format metrics of this run "
                    "(for node_exporter's textfile collector), atomically")
     s.add_argument("-v", "--verbose", action="count", default=0)
@@ -130,7 +134,7 @@ def cmd_sync(args) -> int:
         result = api.sync(args.manifest, output=args.output, cache=args.cache, jobs=args.jobs,
                           dry_run=args.dry_run, fail_fast=args.fail_fast, to=args.to, since=args.since,
                           split=args.split, progress=progress, wait_lock=args.wait_lock, lock=args.lock,
-                          locked=args.locked)
+                          locked=args.locked, shard=args.shard, shards=args.shards)
         args.result = result
     finally:
         progress.close()
@@ -218,7 +222,12 @@ def summarize_push(result, progress: Progress, dry_run: bool = False) -> None:
 
 
 def print_plan(result) -> None:
-    """The --dry-run plan on stdout: one line per image, then totals."""
+    """The --dry-run plan on stdout: one line per image, then totals (and a shard's partition)."""
+    if result.shard:
+        for part in result.shard["partition"]:
+            mine = " (this shard)" if part["shard"] == result.shard["shard"] else ""
+            print(f"shard {part['shard']}{mine}: {len(part['repositories'])} repositories, "
+                  f"{human(part['bytes'])}: {', '.join(part['repositories']) or '-'}")
     for r in result.images:
         if r.status != "ok":
             print(f"FAILED  {r.reference}: {r.error}")

@@ -13,7 +13,8 @@ from ..errors import UsageError
 def add_parsers(subparsers) -> None:
     """Add `verify` and `list` to the CLI's subparsers; each sets `handler`."""
     v = subparsers.add_parser("verify", help="check every blob and reference of a bundle; write nothing")
-    v.add_argument("bundle", help="a bundle tar or layout directory, or - for a tar on stdin")
+    v.add_argument("bundle", nargs="+", help="a bundle tar or layout directory, or - for a tar on stdin; "
+                   "several (the bundles of a sharded run): each is checked")
     v.add_argument("--base", action="append", default=[], metavar="PREVIOUS",
                    help="for a differential bundle: an earlier bundle (or its report) that must "
                         "carry the blobs it expects; repeat for a chain")
@@ -22,17 +23,23 @@ def add_parsers(subparsers) -> None:
     v.add_argument("--key", metavar="COSIGN.pub", help="also check that every image is signed with this key")
     v.set_defaults(handler=cmd_verify)
     ls = subparsers.add_parser("list", help="the images in a bundle")
-    ls.add_argument("bundle", help="a bundle tar or layout directory")
+    ls.add_argument("bundle", nargs="+", help="a bundle tar or layout directory; several: listed together")
     ls.add_argument("--json", action="store_true", help="print JSON")
     ls.set_defaults(handler=cmd_list)
 
 
 def cmd_verify(args) -> int:
-    """`imgmirror verify BUNDLE`: 0 sound, 1 problems (each listed), 2 not a bundle (raised)."""
-    if args.bundle == "-":
+    """`imgmirror verify BUNDLE…`: 0 sound, 1 problems (each listed), 2 not a bundle (raised)."""
+    if "-" in args.bundle and len(args.bundle) > 1:
+        raise UsageError("verify reads one tar from stdin (-), alone")
+    return max(_verify_one(args, bundle) for bundle in args.bundle)
+
+
+def _verify_one(args, bundle: str) -> int:
+    if bundle == "-":
         res = api.verify(sys.stdin.buffer, bases=args.base, name="<stdin>", policy=args.policy, key=args.key)
     else:
-        res = api.verify(args.bundle, bases=args.base, policy=args.policy, key=args.key)
+        res = api.verify(bundle, bases=args.base, policy=args.policy, key=args.key)
     for w in res.warnings:
         print(f"warning: {w}")
     for digest, size in sorted(res.expected.items()):
@@ -50,9 +57,9 @@ def cmd_verify(args) -> int:
 def cmd_list(args) -> int:
     """`imgmirror list BUNDLE [--json]`: 0 listed, 1 some image has a problem (listed anyway),
     2 not a bundle (raised)."""
-    if args.bundle == "-":
+    if "-" in args.bundle:
         raise UsageError("list reads a bundle in place: give a file or directory, not -")
-    images = api.list_images(args.bundle)
+    images = [i for bundle in args.bundle for i in api.list_images(bundle)]
     bad = sum(i.problem is not None for i in images)
     if args.json:
         print(json.dumps([i.to_json() for i in images], indent=2))
@@ -65,11 +72,11 @@ def cmd_list(args) -> int:
                 print(f"    note: {note}")
             if i.problem is not None:
                 print(f"    problem: {i.problem}")
-        tail = (f", {bad} with a problem; run `imgmirror verify {args.bundle}` for details" if bad else "")
+        tail = (f", {bad} with a problem; run `imgmirror verify {' '.join(args.bundle)}` for details" if bad else "")
         print(f"{len(images)} images{tail}")
     if bad and args.json:
         print(f"imgmirror: {bad} of {len(images)} images with a problem; run `imgmirror verify "
-              f"{args.bundle}` for details", file=sys.stderr)
+              f"{' '.join(args.bundle)}` for details", file=sys.stderr)
     return 1 if bad else 0
 
 

@@ -138,8 +138,22 @@ class BundleOutput:
 
     def path(self) -> str:
         if self.opts.output:
-            return self.opts.output
+            return self.sharded(self.opts.output)
         now = self.clock     # the run's start: every call names the same file
         path = self.spec.output.replace("{date}", time.strftime("%Y%m%d", now)) \
             .replace("{time}", time.strftime("%H%M%S", now))
-        return beside(self.spec.path, path)
+        return beside(self.spec.path, self.sharded(path))
+
+    def sharded(self, path: str) -> str:
+        """{shard} -> 1of4; a shard's bundle path without {shard} gets `-{shard}` before its
+        extension, so N shards writing to one volume never share a file."""
+        shard = self.opts.shard
+        if shard is None:
+            return path.replace("{shard}", "")
+        if "{shard}" not in path:
+            if path.endswith("/"):
+                path = path[:-1] + "-{shard}/"
+            else:
+                root, ext = os.path.splitext(path)
+                path = f"{root}-{{shard}}{ext}"
+        return path.replace("{shard}", shard.label)

@@ -24,6 +24,7 @@ from .images import ImageReport, Item, Resolver, fail
 from .output import BundleOutput
 from .push import Destination, PushImage, PushOptions, PushResult, push_images
 from .report import BundleSummary, SyncTotals
+from .shard import Shard, partition, weigh
 
 __all__ = ["ImageReport", "Item", "SyncOptions", "SyncResult", "Syncer"]
 
@@ -42,6 +43,7 @@ class SyncOptions:
     since: Base | None = None              # --since: a differential bundle on this base
     lock: str | None = None                # --lock FILE: write what the run resolved
     locked: dict | None = None             # --locked FILE, read: mirror exactly those digests
+    shard: Shard | None = None             # --shard I/N: this run takes its part of the repositories
 
 
 @dataclass
@@ -50,12 +52,15 @@ class SyncResult:
     bundle: BundleSummary | None
     totals: SyncTotals
     push: PushResult | None = None
+    shard: dict | None = None          # --shard: this shard and the whole partition
 
     def to_json(self) -> dict:
         out = {"images": [asdict(i) for i in self.images], "totals": self.totals.to_json(),
                "bundle": self.bundle.to_json() if self.bundle else None}
         if self.push:
             out["push"] = self.push.to_json()
+        if self.shard:
+            out["shard"] = self.shard
         return out
 
 
@@ -73,6 +78,7 @@ class Syncer:
         self.source: RegistrySource | None = None
         self.copier: Copier | None = None
         self._item_of: dict[int, Item] = {}         # id(unit) -> its item
+        self.shard_plan: dict | None = None
 
     async def run(self) -> SyncResult:
         """The whole sync; the run's threads are shut down at its end, whatever happens."""
@@ -88,6 +94,8 @@ class Syncer:
             # 1. every image resolved first: then the whole blob set is known, so the bundle
             # can be written while the blobs are still arriving
             items = await self.resolver.resolve_all(session)
+            if self.opts.shard:
+                items = self.take_shard(items)
             self.fail_fast_check(items)
             live = [it for it in items if it.res is not None]
             try:
@@ -176,7 +184,7 @@ class Syncer:
                             bytes=sum(unique.values()), downloaded_bytes=self.fetcher.downloaded,
                             seconds=round(time.monotonic() - started, 3),
                             failed_pushes=pushed.totals.failed if pushed else None, bundle_error=bundle_error)
-        return SyncResult(reports, bundle, totals, pushed)
+        return SyncResult(reports, bundle, totals, pushed, self.shard_plan)
 
     async def push(self, items: list[Item], session) -> PushResult:
         """sync --to: push what was just mirrored, from the cache, into the destination registry."""
@@ -186,6 +194,19 @@ class Syncer:
         opts = PushOptions(jobs=self.opts.jobs or self.spec.concurrency, fail_fast=self.opts.fail_fast)
         return await push_images(StoreSource(self.store), images, dest, cfg, opts, self.progress, session,
                                  ctx=self.ctx)
+
+    def take_shard(self, items: list[Item]) -> list[Item]:
+        """--shard I/N: the partition of the whole manifest's repositories, and this shard's items."""
+        shard = self.opts.shard
+        weights = weigh(items)
+        parts = partition(weights, shard.count)
+        self.shard_plan = {"shard": shard.label, "index": shard.index, "count": shard.count,
+                           "partition": [{"shard": Shard(i, shard.count).label, "repositories": p,
+                                          "bytes": sum(weights[r] for r in p)} for i, p in enumerate(parts)]}
+        mine = set(parts[shard.index])
+        taken = [it for it in items if it.report.source in mine]
+        self.progress.images_total(len(taken))
+        return taken
 
     def fail_fast_check(self, items: list[Item]) -> None:
         if self.opts.fail_fast:
