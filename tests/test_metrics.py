@@ -347,9 +347,9 @@ def test_push_metrics(source, registry, tmp_path, capsys):
     fams = read_metrics(prom)
     assert set(fams) == {*RUN, SUCCESS, "imgmirror_images", "imgmirror_blobs", "imgmirror_bytes"}
     labels = job_labels(fams)
-    # the CLI gives the writer no bundle name for push (manifest=None): command alone
+    # push is labelled by its first bundle's name
     assert labels["command"] == "push" and "manifest" not in labels
-    assert labels.get("bundle", "week1") == "week1"
+    assert labels["bundle"] == "week1"
     _check_times(fams, t0, t1)
     totals = json.loads(report.read_text())["totals"]
     assert value(fams, "imgmirror_last_run_exit_code") == 0
@@ -370,8 +370,10 @@ def test_push_metrics(source, registry, tmp_path, capsys):
     second_success = value(fams, SUCCESS)
 
     # a bundle that is not one: exit 2, no result; the last success is kept
-    (tmp_path / "junk.tar").write_bytes(b"not a tar")
-    code, _, _, err = _run("push", tmp_path / "junk.tar", "--to", registry.host, "--metrics", prom, capsys=capsys)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "week1.tar").write_bytes(b"not a tar")      # same job (label), a broken bundle
+    code, _, _, err = _run("push", tmp_path / "bad" / "week1.tar", "--to", registry.host, "--metrics", prom,
+                           capsys=capsys)
     assert code == 2
     fams = read_metrics(prom)
     assert set(fams) == {*RUN, SUCCESS}

@@ -124,7 +124,7 @@ def _with_metrics(cmd, args) -> int:
     finally:
         if getattr(args, "metrics", None):
             from ..metrics import write_metrics
-            write_metrics(args.metrics, command=args.command, manifest=getattr(args, "manifest", None),
+            write_metrics(args.metrics, command=args.command, manifest=args.bundle[0] if args.command == "push" else args.manifest,
                           started=started, ended=time.time(), exit_code=code, result=getattr(args, "result", None))
 
 
