@@ -22,7 +22,7 @@ FORBIDDEN = ["aiohttp", "yaml", "tenacity", "asyncio", "socket", "ssl", "subproc
              "mirror.engine", "mirror.cache", "mirror.specfile", "mirror.cli", "mirror.server", "mirror.trust"]
 
 # the layer of each top-level piece, and the layers it may import from
-LAYER = {"errors": 0, "core": 1, "trust": 1.5, "registry": 2, "bundle": 2, "cache": 2, "specfile": 2, "progress": 2,
+LAYER = {"errors": 0, "core": 1, "trust": 1.5, "registry": 2, "bundle": 2, "cache": 2, "specfile": 2, "progress": 2, "metrics": 2,
          "engine": 3, "server": 3, "api": 4, "cli": 5, "__init__": 5, "__main__": 6}
 # allowed sideways imports at the adapter layer: the bundle writer follows a blob into the cache
 SIDEWAYS = {("bundle", "cache"), ("registry", "cache"), ("engine", "server")}

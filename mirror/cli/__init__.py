@@ -17,6 +17,7 @@ from .. import __version__, api
 from ..errors import MirrorError, UsageError, exit_code
 from ..core.units import human
 from ..progress import Progress, make_progress
+from .prune import add_parser as add_prune_command
 from .serve import add_parser as add_serve_command
 from .bundle import add_extract_parser as add_extract_command
 from .bundle import add_parsers as add_bundle_commands
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bundle_commands(sub)            # verify, list
     add_serve_command(sub)              # serve
     add_extract_command(sub)            # extract
+    add_prune_command(sub)              # prune
     return p
 
 
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             build_parser().print_help(sys.stderr)
             return 2
-        if hasattr(args, "handler"):         # verify, list, serve, extract
+        if hasattr(args, "handler"):         # verify, list, serve, extract, prune, cache
             return args.handler(args)
         return _with_metrics(cmd_push if args.command == "push" else cmd_sync, args)
     except MirrorError as exc:
