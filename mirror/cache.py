@@ -4,22 +4,54 @@ Layout under the cache root:
     blobs/sha256/<hex>   exactly the bytes of that digest (blobs and manifests alike)
     tmp/                 downloads in progress; emptied when a run takes the lock
     lock                 flock()ed by the run using the cache; holds who that is
+    uses/                when each blob was last used (the use record, below)
+
+The use record. A Store notes in memory every digest a run uses (a blob committed or put, a
+has() that finds it, a read, an open for reading: a set.add, no system call) and, when the run
+releases the lock, writes them with the time into one new file (atomically: a temporary name,
+then a rename), so a use costs nothing while the run goes and atime (which many mounts do not
+keep) is never needed:
+    uses/run-<ns>-<pid>.json   {"version": 1, "time": <unix seconds>, "digests": ["sha256:…", …]}
+    uses/merged.json           {"version": 1, "used": {"sha256:…": <unix seconds>, …}}
+A reader merges them all, the latest time of a digest winning. Under the lock, compact_uses()
+folds the run files into merged.json (dropping digests no longer in the cache); a release does
+so once COMPACT_AFTER run files have gathered. A blob with no record counts as used at its
+file's mtime (it was written then).
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
+import re
 import socket
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DigestMismatchError, LockHeldError, StoreError
 from .core.content import Abandoned, Follower, Restarted
 from .core.oci import digest_hex, sha256_digest
+
+
+USES_VERSION = 1
+MERGED_USES = "merged.json"
+COMPACT_AFTER = 64              # run files gathered before a release folds them into merged.json
+_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass
+class Entry:
+    """One blob of the cache: its size and when it was last used."""
+
+    digest: str
+    size: int
+    last_use: float          # unix seconds: from the use record, else the file's mtime
+    recorded: bool           # False: no use record, so last_use is the file's mtime
 
 
 def default_cache_dir(env=os.environ) -> Path:
@@ -85,6 +117,7 @@ class BlobWriter:
             raise DigestMismatchError(f"blob {self.digest}: received bytes hash to {got}; "
                                       "the download was corrupted (nothing was cached)")
         os.replace(self.tmp, self.final)
+        self.store._used.add(self.digest)
         self._announce(state="committed")
 
     def abort(self) -> None:
@@ -161,10 +194,19 @@ class _Follower:
 class Store:
     """A directory of verified content, keyed by sha256 digest."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, *, record_uses: bool = True, create: bool = True):
+        """`record_uses=False`: what this Store is asked is not a use (cache prune resolving the
+        manifests it keeps); `create=False`: StoreError if there is no cache at `root` (info)."""
         self.root = Path(root).expanduser()
         self.blob_dir = self.root / "blobs" / "sha256"
         self.tmp_dir = self.root / "tmp"
+        self.uses_dir = self.root / "uses"
+        self.record_uses = record_uses
+        self._used: set[str] = set()      # digests this run used; written when the lock is released
+        if not create:
+            if not self.root.is_dir():
+                raise StoreError(f"cache {self.root}: no such directory; give the cache with --cache DIR")
+            return
         try:
             self.blob_dir.mkdir(parents=True, exist_ok=True)
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -176,7 +218,10 @@ class Store:
         return self.blob_dir / digest_hex(digest)
 
     def has(self, digest: str) -> bool:
-        return self.blob_path(digest).is_file()
+        if self.blob_path(digest).is_file():
+            self._used.add(digest)
+            return True
+        return False
 
     def size(self, digest: str) -> int:
         return self.blob_path(digest).stat().st_size
@@ -187,7 +232,14 @@ class Store:
         if sha256_digest(data) != digest:
             self.evict(digest)
             raise DigestMismatchError(f"cache entry {digest} was corrupt and has been removed; run again")
+        self._used.add(digest)
         return data
+
+    def open(self, digest: str):
+        """A blob opened for reading (a use)."""
+        fh = open(self.blob_path(digest), "rb")
+        self._used.add(digest)
+        return fh
 
     def put(self, digest: str, data: bytes) -> None:
         """Store bytes already in memory (manifests), verified, atomically."""
@@ -205,6 +257,106 @@ class Store:
 
     def evict(self, digest: str) -> None:
         self.blob_path(digest).unlink(missing_ok=True)
+        self._used.discard(digest)
+
+    # -- the use record ----------------------------------------------------------------------
+
+    def _use_files(self) -> list[Path]:
+        try:
+            return sorted(p for p in self.uses_dir.iterdir() if p.name.endswith(".json"))
+        except FileNotFoundError:
+            return []
+
+    def _read_uses(self) -> tuple[dict[str, float], list[Path], list[str]]:
+        """The merged record (digest -> latest use), the files read, and a warning per file that
+        could not be read (ignored: its blobs count at their file times, or an older record)."""
+        times: dict[str, float] = {}
+        files, problems = self._use_files(), []
+        for path in files:
+            try:
+                doc = json.loads(path.read_bytes())
+                if doc.get("version") != USES_VERSION:
+                    raise ValueError(f"version {doc.get('version')!r}")
+                if path.name == MERGED_USES:
+                    pairs = [(str(d), float(t)) for d, t in doc["used"].items()]
+                else:
+                    t = float(doc["time"])
+                    pairs = [(str(d), t) for d in doc["digests"]]
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                problems.append(f"use record {path} is unreadable ({exc}); ignored: its blobs count as "
+                                "used at their file times")
+                continue
+            for d, t in pairs:
+                if t > times.get(d, float("-inf")):
+                    times[d] = t
+        return times, files, problems
+
+    def use_times(self) -> tuple[dict[str, float], list[str]]:
+        """digest -> when it was last used, from the use record alone; and warnings."""
+        times, _, problems = self._read_uses()
+        return times, problems
+
+    def entries(self) -> tuple[list[Entry], list[str]]:
+        """Every blob in the cache with its size and last use (the record, else its mtime);
+        and the use record's warnings. Reads no blob."""
+        times, problems = self.use_times()
+        out = []
+        try:
+            with os.scandir(self.blob_dir) as it:
+                for e in it:
+                    if not _HEX.fullmatch(e.name) or not e.is_file(follow_symlinks=False):
+                        continue
+                    st = e.stat(follow_symlinks=False)
+                    digest = "sha256:" + e.name
+                    t = times.get(digest)
+                    out.append(Entry(digest, st.st_size, st.st_mtime if t is None else t, t is not None))
+        except FileNotFoundError:
+            pass
+        return out, problems
+
+    def _write_json(self, path: Path, doc: dict, sync: bool = False) -> None:
+        """Atomically: a temporary name beside it, then a rename."""
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(json.dumps(doc, separators=(",", ":")).encode())
+                if sync:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def save_uses(self) -> None:
+        """Write what this run used, with the time, as one new run file (done when the lock is
+        released). A failure to write is not the run's failure: the digests stay noted for the
+        next release, and meanwhile count as used at their file times."""
+        if not self.record_uses or not self._used:
+            return
+        used, self._used = self._used, set()
+        try:
+            self.uses_dir.mkdir(exist_ok=True)
+            self._write_json(self.uses_dir / f"run-{time.time_ns()}-{os.getpid()}.json",
+                             {"version": USES_VERSION, "time": int(time.time()), "digests": sorted(used)})
+            if sum(1 for p in self._use_files() if p.name != MERGED_USES) >= COMPACT_AFTER:
+                self.compact_uses()
+        except OSError:
+            self._used |= used
+
+    def compact_uses(self) -> None:
+        """Fold every run file into merged.json, dropping digests no longer in the cache. Only
+        under the lock (no other writer then); fsynced, since it replaces the files it reads."""
+        times, files, _ = self._read_uses()
+        try:
+            present = {"sha256:" + n for n in os.listdir(self.blob_dir)}
+        except FileNotFoundError:
+            present = set()
+        self.uses_dir.mkdir(exist_ok=True)
+        self._write_json(self.uses_dir / MERGED_USES, {"version": USES_VERSION, "used": {
+            d: t for d, t in sorted(times.items()) if d in present}}, sync=True)
+        for path in files:       # unreadable ones too: they were reported, and would be forever
+            if path.name != MERGED_USES:
+                path.unlink(missing_ok=True)
 
     @contextmanager
     def lock(self, wait: float = 0.0):
@@ -235,6 +387,7 @@ class Store:
                 stale.unlink(missing_ok=True)
             yield self
         finally:
+            self.save_uses()            # while the lock is still held: one writer at a time
             fh.seek(0)
             fh.truncate()
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
@@ -254,7 +407,7 @@ class StoreSource:
         return self.store.size(digest)
 
     def open_blob(self, digest: str):
-        return open(self.store.blob_path(digest), "rb")
+        return self.store.open(digest)
 
     def read(self, digest: str) -> bytes:
         return self.store.read(digest)
