@@ -17,6 +17,7 @@ from .. import __version__, api
 from ..errors import MirrorError, UsageError, exit_code
 from ..core.units import human
 from ..progress import Progress, make_progress
+from .cache import add_parser as add_cache_command
 from .prune import add_parser as add_prune_command
 from .serve import add_parser as add_serve_command
 from .bundle import add_extract_parser as add_extract_command
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_command(sub)              # serve
     add_extract_command(sub)            # extract
     add_prune_command(sub)              # prune
+    add_cache_command(sub)              # cache info, cache prune
     return p
 
 
