@@ -34,19 +34,23 @@ test: deps venv
 
 bench: deps venv
 	@command -v /usr/bin/time >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq time >/dev/null; }
+	$(PY) -m compileall -q mirror >/dev/null   # bytecode as an install has it: PYTHONDONTWRITEBYTECODE=1 here
 	$(PY) benchmarks/bench_sync.py --out docs/benchmarks.md
 
 bench-push: deps venv
 	@command -v /usr/bin/time >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq time >/dev/null; }
+	$(PY) -m compileall -q mirror >/dev/null   # bytecode as an install has it: PYTHONDONTWRITEBYTECODE=1 here
 	$(PY) benchmarks/bench_push.py --out docs/benchmarks.md
 
 bench-scale: deps venv
 	@command -v /usr/bin/time >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq time >/dev/null; }
 	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m compileall -q mirror >/dev/null   # bytecode as an install has it: PYTHONDONTWRITEBYTECODE=1 here
 	$(PY) benchmarks/bench_scale.py --out docs/benchmarks.md
 
 bench-wan: deps venv
 	@command -v /usr/bin/time >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq time >/dev/null; }
+	$(PY) -m compileall -q mirror >/dev/null   # bytecode as an install has it: PYTHONDONTWRITEBYTECODE=1 here
 	$(PY) benchmarks/bench_wan.py --out docs/benchmarks.md
 
 clean:
