@@ -191,6 +191,9 @@ class _Follower:
         self.close()
 
 
+TAGS_FILE = "tags.json"     # the digest each tag had when last resolved: which tags need a HEAD
+
+
 class Store:
     """A directory of verified content, keyed by sha256 digest."""
 
@@ -203,6 +206,8 @@ class Store:
         self.uses_dir = self.root / "uses"
         self.record_uses = record_uses
         self._used: set[str] = set()      # digests this run used; written when the lock is released
+        self._tags: dict[str, str] | None = None   # name:tag -> the digest it had last time (tags.json)
+        self._tags_changed = False
         if not create:
             if not self.root.is_dir():
                 raise StoreError(f"cache {self.root}: no such directory; give the cache with --cache DIR")
@@ -327,6 +332,32 @@ class Store:
         finally:
             tmp.unlink(missing_ok=True)
 
+    def remembered(self, name: str) -> str | None:
+        """The digest `name` (registry/repository:tag) had when a run last resolved it; None when
+        no run did (a cold tag: fetched by tag at once, no HEAD before it)."""
+        if self._tags is None:
+            try:
+                doc = json.loads((self.root / TAGS_FILE).read_bytes())
+                self._tags = {k: v for k, v in doc.get("tags", {}).items() if isinstance(v, str)}
+            except (OSError, ValueError, AttributeError):
+                self._tags = {}
+        return self._tags.get(name)
+
+    def remember(self, name: str, digest: str) -> None:
+        """Note the digest a tag resolved to; written when the lock is released."""
+        if self.remembered(name) != digest:
+            self._tags[name] = digest
+            self._tags_changed = True
+
+    def save_tags(self) -> None:
+        if not self._tags_changed:
+            return
+        try:
+            self._write_json(self.root / TAGS_FILE, {"version": 1, "tags": dict(sorted(self._tags.items()))})
+            self._tags_changed = False
+        except OSError:
+            pass                  # only a HEAD saved next time is lost
+
     def save_uses(self) -> None:
         """Write what this run used, with the time, as one new run file (done when the lock is
         released). A failure to write is not the run's failure: the digests stay noted for the
@@ -388,6 +419,7 @@ class Store:
             yield self
         finally:
             self.save_uses()            # while the lock is still held: one writer at a time
+            self.save_tags()
             fh.seek(0)
             fh.truncate()
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)

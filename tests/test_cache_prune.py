@@ -293,7 +293,9 @@ def test_a_later_sync_downloads_only_what_was_pruned(two, capsys):
     blob_gets = {r.path.rsplit("/", 1)[1] for r in two.registry.requests("GET", "/blobs/", since=mark)}
     assert blob_gets == {two.b.config.digest, two.b.layers[1].digest}          # not the shared base
     manifest_gets = [r.path for r in two.registry.requests("GET", "/manifests/", since=mark)]
-    assert manifest_gets == [f"/v2/test/b/manifests/{two.b.digest}"]
+    # its manifest was pruned too: one GET by tag, no HEAD first (the cached digest is gone)
+    assert manifest_gets == ["/v2/test/b/manifests/1.0"]
+    assert two.registry.count("HEAD", "/manifests/", since=mark) == 0
     mark = two.registry.mark()
     assert two.sync(two.a_yaml, "a-again") == 0
     assert two.registry.count("GET", "/blobs/", since=mark) == 0

@@ -83,6 +83,10 @@ def test_a_resumed_download_counts_as_an_attempt(image, proxy, tmp_path, capsys)
 
 
 def test_manifest_head_failing_every_time_is_sent_n_plus_1_times(image, proxy, tmp_path, capsys):
+    # a tag never seen is fetched by GET at once: no HEAD on the first run
+    assert _sync(tmp_path, proxy, capsys)[0] == 0
+    assert proxy.requests("HEAD", "/manifests/") == []
+    # the second run HEADs the tag it knows; that HEAD fails every time
     proxy.rule = lambda s, n: ("status", 503, {}) if s.method == "HEAD" and "/manifests/" in s.path else None
     code, _, err = _sync(tmp_path, proxy, capsys)
     assert code == 1

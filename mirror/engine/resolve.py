@@ -64,10 +64,19 @@ async def resolve(reg: Registry, store: Store, ref: Reference, platforms: tuple[
                   keep_index_digest: bool, where: str) -> Resolved:
     """Resolve `ref` (tag or digest) into a Resolved image."""
     repo = ref.repository
-    # By tag: HEAD gives the digest; then GET by digest, so the bytes are verified against it.
-    # A registry that gives no Docker-Content-Digest on HEAD gets a GET by tag.
-    target = ref.digest or await reg.head_manifest(repo, ref.tag) or ref.tag
+    target = ref.digest
+    if target is None:
+        # A tag seen before, whose manifest is cached: HEAD, and nothing more if it has not moved
+        # (Docker Hub does not count a HEAD against the pull limit). A tag never seen (or whose
+        # manifest is gone): GET by tag at once, one round trip instead of two; its digest is
+        # that of the bytes received. A registry that gives no digest on HEAD gets a GET by tag.
+        known = store.remembered(str(ref))
+        if known and store.has(known):
+            target = await reg.head_manifest(repo, ref.tag)
+        target = target or ref.tag
     top = await load_manifest(reg, store, repo, target, where)
+    if ref.tag and not ref.digest:
+        store.remember(str(ref.with_tag(ref.tag)), top.digest)
     out = Resolved(ref=ref, top=Descriptor(top.media_type, top.digest, len(top.raw)))
     if not top.is_index:
         out.manifests[top.digest] = len(top.raw)

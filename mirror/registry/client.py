@@ -9,8 +9,8 @@ from urllib.parse import urljoin
 
 import aiohttp
 
-from ..errors import RegistryError, TransientError
-from ..core.oci import ACCEPT, Descriptor
+from ..errors import DigestMismatchError, RegistryError, TransientError
+from ..core.oci import ACCEPT, Descriptor, sha256_digest
 from ..core.reference import join_ref
 from ..cache import Store
 from .transport import Transport, read_capped, redact_url
@@ -54,13 +54,20 @@ class Registry:
         return (await head_manifest(self.t, repo, ref, _pull(repo)))[1]
 
     async def get_manifest(self, repo: str, ref: str) -> tuple[bytes, str]:
-        """The exact manifest bytes and their Content-Type."""
+        """The exact manifest bytes and their Content-Type. By tag, a Docker-Content-Digest
+        the registry sends must be the sha256 of the bytes (DigestMismatchError otherwise)."""
         what = f"manifest {join_ref(f'{self.host}/{repo}', ref)}"
         async def attempt() -> tuple[bytes, str]:
             resp = await self.t.open("GET", f"/v2/{repo}/manifests/{ref}", scopes=_pull(repo),
                                      headers={"Accept": ACCEPT}, what=what, retry=False)
             async with resp:
-                return await read_capped(resp, MAX_MANIFEST_BYTES, what), resp.headers.get("Content-Type", "")
+                raw = await read_capped(resp, MAX_MANIFEST_BYTES, what)
+                named = resp.headers.get("Docker-Content-Digest", "")
+                if not ref.startswith("sha256:") and named.startswith("sha256:") and named != sha256_digest(raw):
+                    raise DigestMismatchError(f"{what}: the registry sent a manifest with digest "
+                                              f"{sha256_digest(raw)} when asked for {named} (its "
+                                              "Docker-Content-Digest); refusing it")
+                return raw, resp.headers.get("Content-Type", "")
         async with self.t.limit:
             return await self.t.retrying(attempt)
 
