@@ -155,7 +155,9 @@ def test_children_before_their_index_and_the_tag_last():
     top = index(bundle, a, b)
     assert push(bundle, registry, [("x.io/r/multi:1", top)]).totals.failed == 0
     puts = [c[2] for c in registry.calls if c[0] == "PUT"]
-    assert set(puts[:2]) == {a.digest, b.digest} and puts[2:] == [top.digest, "1"]
+    # the children by digest, then the index once, under its tag (the digest it answers is checked)
+    assert set(puts[:2]) == {a.digest, b.digest} and puts[2:] == ["1"]
+    assert registry.tags[("r/multi", "1")] == top.digest and top.digest in registry.manifests["r/multi"]
     first_put = next(i for i, c in enumerate(registry.calls) if c[0] == "PUT")
     assert all(c[0] != "UPLOAD" for c in registry.calls[first_put:])      # every blob before any manifest
 

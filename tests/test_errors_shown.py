@@ -51,7 +51,8 @@ def test_foreign_layer_refusal_shows_every_error_and_what_the_registry_needs(mak
 def test_references_by_digest_are_printed_with_an_at(registry, make_registry, tmp_path, capsys):
     img = make_image([make_layer("errors-at", 1024)])
     push_raw(img, registry.host, "test/at", "1.0")
-    manifest = write_manifest(tmp_path / "m.yaml", f"version: 1\nimages:\n  - {registry.host}/test/at:1.0\n")
+    # an image by digest: its manifest goes by digest (a tagged top goes under its tag alone)
+    manifest = write_manifest(tmp_path / "m.yaml", f"version: 1\nimages:\n  - {registry.host}/test/at@{img.digest}\n")
     assert run_cli("sync", manifest, "-o", tmp_path / "b.tar", "--cache", tmp_path / "c", capsys=capsys)[0] == 0
     proxy = FaultProxy(make_registry().url).start()
     # the HEAD of the manifest by digest (before its PUT) is refused

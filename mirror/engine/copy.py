@@ -167,20 +167,25 @@ class Copier:
         if self.dry_run:
             return
         # Children first (a registry checks references), each by digest, so the sink checks the
-        # bytes against the digest too; the top as well, before its tag.
-        for m in unit.manifests:
+        # bytes against the digest too; the top by digest only when it has no tag: a tagged top
+        # goes once, under its tag, and the digest the registry computed of it is checked.
+        tagged = bool(unit.tag and unit.manifests)
+        for m in unit.manifests[:-1] if tagged else unit.manifests:
             if await self.sink.manifest_digest(unit.repo, m.digest) != m.digest:
                 await self.sink.put_manifest(unit.repo, m.digest, m.raw, m.media_type)
-        if unit.tag and unit.manifests:
+        if tagged:
             await self._tag(unit)
 
     async def _tag(self, unit: Unit) -> None:
-        """A tag PUT carries no digest to check: compare what the sink says it stored, and send it
-        once more if the bytes were damaged on the way."""
+        """The top manifest under its tag. A tag PUT carries no digest for the registry to check,
+        so the digest it answers (of the bytes it stored) must be the bundle's: sent once more if
+        the bytes were damaged on the way; a registry that names none is asked with a HEAD."""
         top = unit.top
         for _ in range(2):
             put = await self.sink.put_manifest(unit.repo, unit.tag, unit.manifests[-1].raw, top.media_type)
-            if put in (None, top.digest):
+            if put == top.digest:
+                return
+            if put is None:
                 break
         got = await self.sink.manifest_digest(unit.repo, unit.tag)
         if got != top.digest:
