@@ -120,8 +120,13 @@ class Syncer:
         written in its order meanwhile, following the downloads."""
         missing = self.missing(live)
         self.progress.bytes_total(sum(desc.size for desc, _ in missing.values()))
-        self.source = RegistrySource(self.fetcher, {d: (it.reg, it.res.ref.repository, desc)
-                                                    for d, (desc, it) in missing.items()})
+        # Where every blob can come from, not only the missing ones: a cached blob found damaged
+        # and evicted meanwhile (the tar writer hashes old entries) is fetched again, not lost.
+        wants: dict = {}
+        for it in live:
+            for d, desc in it.res.blobs.items():
+                wants.setdefault(d, (it.reg, it.res.ref.repository, desc))
+        self.source = RegistrySource(self.fetcher, wants)
         # Start the downloads in the order the tar is written in (largest first), so the writer
         # keeps pace with them.
         self.source.start(blob_order({d: desc.size for d, (desc, _) in missing.items()}))
