@@ -9,14 +9,12 @@ names what to configure.
 
 from __future__ import annotations
 
-import json
-from urllib.parse import urljoin
 
 from ..core.oci import digest_hex
 from ..core.reference import join_ref
 from ..errors import AuthError, NotFoundError, RegistryError
-from .client import _next_link
-from .transport import Transport, describe_errors, read_capped
+from .client import list_pages
+from .transport import Transport, describe_errors
 
 MAX_CATALOG_PAGES = 10_000
 MAX_CATALOG_PAGE_BYTES = 16 * 1024 * 1024
@@ -41,34 +39,14 @@ def _delete(repo: str) -> frozenset:
 async def catalog(t: Transport, page_size: int = 1000) -> list[str]:
     """Every repository of the registry (`GET /v2/_catalog`), following `Link: <…>; rel="next"`
     to the end. A registry that keeps its catalog to itself (404, 401/403) is named so."""
-    url = f"/v2/_catalog?n={page_size}"
     what = f"catalog of {t.settings.host}"
-    repos: list[str] = []
-
-    async def page(url: str) -> tuple[bytes, str, str]:
-        resp = await t.open("GET", url, scopes=CATALOG_SCOPE, what=what, retry=False)
-        async with resp:
-            return await read_capped(resp, MAX_CATALOG_PAGE_BYTES, what), resp.headers.get("Link", ""), str(resp.url)
-
-    for _ in range(MAX_CATALOG_PAGES):
-        try:
-            async with t.limit:
-                raw, link, base = await t.retrying(lambda u=url: page(u))
-        except (NotFoundError, AuthError) as exc:
-            raise type(exc)(f"{exc}; prune lists the repositories under the prefix with the catalog API "
-                            "(GET /v2/_catalog), which this registry does not offer to these credentials",
-                            status=exc.status, code=exc.code, errors=exc.errors) from None
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            raise RegistryError(f"{what}: the answer is not JSON") from None
-        found = data.get("repositories") if isinstance(data, dict) else None
-        repos.extend(r for r in found or [] if isinstance(r, str))
-        nxt = _next_link(link)
-        if not nxt:
-            return repos
-        url = urljoin(base, nxt)
-    raise RegistryError(f"{what}: more than {MAX_CATALOG_PAGES} pages; refused")
+    try:
+        return await list_pages(t, f"/v2/_catalog?n={page_size}", "repositories", CATALOG_SCOPE, what,
+                                MAX_CATALOG_PAGE_BYTES, MAX_CATALOG_PAGES)
+    except (NotFoundError, AuthError) as exc:
+        raise type(exc)(f"{exc}; prune lists the repositories under the prefix with the catalog API "
+                        "(GET /v2/_catalog), which this registry does not offer to these credentials",
+                        status=exc.status, code=exc.code, errors=exc.errors) from None
 
 
 async def delete_manifest(t: Transport, repo: str, digest: str) -> bool:

@@ -73,28 +73,8 @@ class Registry:
 
     async def list_tags(self, repo: str, page_size: int = 1000) -> list[str]:
         """Every tag of a repository, following `Link: <…>; rel="next"` to the end."""
-        url = f"/v2/{repo}/tags/list?n={page_size}"
-        what = f"tag list of {self.host}/{repo}"
-        tags: list[str] = []
-
-        async def page(url: str) -> tuple[bytes, str, str]:
-            resp = await self.t.open("GET", url, scopes=_pull(repo), what=what, retry=False)
-            async with resp:
-                return await read_capped(resp, MAX_TAG_PAGE_BYTES, what), resp.headers.get("Link", ""), str(resp.url)
-        for _ in range(MAX_TAG_PAGES):
-            async with self.t.limit:
-                raw, link, base = await self.t.retrying(lambda u=url: page(u))
-            try:
-                data = json.loads(raw)
-            except (ValueError, UnicodeDecodeError, RecursionError):
-                raise RegistryError(f"{what}: the answer is not JSON") from None
-            found = data.get("tags") if isinstance(data, dict) else None
-            tags.extend(t for t in found or [] if isinstance(t, str))
-            nxt = _next_link(link)
-            if not nxt:
-                return tags
-            url = urljoin(base, nxt)
-        raise RegistryError(f"{what}: more than {MAX_TAG_PAGES} pages; refused")
+        return await list_pages(self.t, f"/v2/{repo}/tags/list?n={page_size}", "tags", _pull(repo),
+                                f"tag list of {self.host}/{repo}", MAX_TAG_PAGE_BYTES, MAX_TAG_PAGES)
 
     async def fetch_blob(self, repo: str, desc: Descriptor, store: Store, on_bytes=None,
                          on_start=None) -> None:
@@ -157,6 +137,32 @@ class Registry:
                                      f"({exc.__class__.__name__}); resuming") from None
         if writer.expected_size is not None and writer.size < writer.expected_size:
             raise TransientError(f"{what}: body ended after {writer.size} of {writer.expected_size} bytes")
+
+
+async def list_pages(t: Transport, url: str, key: str, scopes: frozenset, what: str, cap: int,
+                     max_pages: int) -> list[str]:
+    """The strings under `key` of a paginated JSON list (tags, the catalog), following
+    `Link: <…>; rel="next"` to the end; each page one operation under the retry policy."""
+    out: list[str] = []
+
+    async def page(url: str) -> tuple[bytes, str, str]:
+        resp = await t.open("GET", url, scopes=scopes, what=what, retry=False)
+        async with resp:
+            return await read_capped(resp, cap, what), resp.headers.get("Link", ""), str(resp.url)
+    for _ in range(max_pages):
+        async with t.limit:
+            raw, link, base = await t.retrying(lambda u=url: page(u))
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise RegistryError(f"{what}: the answer is not JSON") from None
+        found = data.get(key) if isinstance(data, dict) else None
+        out.extend(x for x in found or [] if isinstance(x, str))
+        nxt = _next_link(link)
+        if not nxt:
+            return out
+        url = urljoin(base, nxt)
+    raise RegistryError(f"{what}: more than {max_pages} pages; refused")
 
 
 def _next_link(header: str) -> str | None:
