@@ -537,28 +537,10 @@ def test_help_text_is_the_same_in_every_file():
 
 
 # --------------------------------------------------------------------------------------------
-# docs/monitoring.md, run as written
+# docs/monitoring.md, run as written (its blocks parsed as tests/test_airgap_doc.py parses docs)
 # --------------------------------------------------------------------------------------------
 
-
-@dataclass
-class Block:
-    section: str
-    lang: str
-    first: str
-    text: str
-
-
-def parse_doc(text: str) -> list[Block]:
-    blocks, section = [], ""
-    for m in re.finditer(r"^## ([^\n]+)$|^```(\w*)\n(.*?)^```$", text, re.M | re.S):
-        if m.group(1):
-            section = m.group(1).strip()
-            continue
-        lang, body = m.group(2), m.group(3)
-        assert lang in ("yaml", "sh"), f"{section}: a code block of language {lang!r}; only yaml and sh are run"
-        blocks.append(Block(section, lang, body.splitlines()[0].strip(), body))
-    return blocks
+from test_airgap_doc import Block, parse_doc  # noqa: E402
 
 
 def commands(block: Block) -> list[str]:
