@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -191,7 +192,7 @@ def load_trust(policy: PathLike | None = None, key: PathLike | None = None):
         from .core.spec import TrustRule, TrustSpec
         from .trust.cosign import load_public_key
         try:
-            pem = open(key, "rb").read()
+            pem = Path(key).read_bytes()
             load_public_key(pem)
         except OSError as exc:
             raise UsageError(f"--key {os.fspath(key)}: cannot read it ({exc.strerror or exc})") from None

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 
 from ..core.oci import ANN_SOURCE_DIGEST, INDEX_TYPES, Descriptor, digest_hex
-from ..core.reference import ReferenceError_, parse_reference
+from ..core.reference import Reference, ReferenceError_, parse_reference
 from ..core.spec import TrustSpec
 from ..errors import MirrorError
 from ..trust.policy import find_candidates, judge
@@ -47,26 +47,20 @@ def _doc(source, digest: str) -> dict:
     return doc if isinstance(doc, dict) else {}
 
 
-def is_referrer_entry(ref: str, doc: dict) -> bool:
+def is_referrer_entry(parsed: Reference, doc: dict) -> bool:
     """A signature, attestation or SBOM travelling with an image: judged with its subject, not alone."""
-    try:
-        tag = parse_reference(ref).tag
-    except ReferenceError_:
-        return False
-    return bool(tag and _REFERRER_TAG.match(tag)) or isinstance(doc.get("subject"), dict)
+    return bool(parsed.tag and _REFERRER_TAG.match(parsed.tag)) or isinstance(doc.get("subject"), dict)
 
 
 def check_bundle(source, images: list[tuple[str | None, Descriptor]], trust: TrustSpec) -> list[Judged]:
     """The verdict on every named image of a bundle (`source`: a BundleReader or MultiBundle,
     `images`: its index.json entries); images no policy covers are listed as not checked."""
-    docs = {d.digest: _doc(source, d.digest) for _, d in images if source.has(d.digest)}
-    out = []
-    for ref, desc in images:
-        if not ref or is_referrer_entry(ref, docs.get(desc.digest, {})):
+    entries = _Entries(source, images)
+    out = list(entries.bad)
+    for ref, desc, parsed, doc in entries.all:
+        if is_referrer_entry(parsed, doc):
             continue
-        parsed = parse_reference(ref)
         rule = trust.rule_for(ref, parsed.name)
-        doc = docs.get(desc.digest, {})
         signed = (doc.get("annotations") or {}).get(ANN_SOURCE_DIGEST) or desc.digest
         if rule is None or rule.accept_unsigned:
             out.append(Judged(ref, signed, judge(trust, rule, [], signed, parsed.name)))
@@ -74,8 +68,8 @@ def check_bundle(source, images: list[tuple[str | None, Descriptor]], trust: Tru
         try:
             if signed != desc.digest:
                 _check_chain(source, desc.digest)
-            manifests = _signature_manifests(source, images, docs, parsed.name, signed)
-            cands = find_candidates(manifests, lambda d: source.read(d) if source.has(d) else b"")
+            cands = find_candidates(entries.signature_manifests(parsed.name, signed),
+                                    lambda d: source.read(d) if source.has(d) else b"")
         except MirrorError as exc:
             out.append(Judged(ref, signed, Verdict(False, str(exc), rule.name)))
             continue
@@ -83,23 +77,45 @@ def check_bundle(source, images: list[tuple[str | None, Descriptor]], trust: Tru
     return out
 
 
-def _signature_manifests(source, images, docs, repository: str, digest: str) -> list[tuple[bytes, str]]:
-    """The manifests in the bundle that may carry signatures of `digest` in `repository`."""
-    sig_tags = {f"sha256-{digest_hex(digest)}", f"sha256-{digest_hex(digest)}.sig"}
-    found: dict[str, None] = {}
-    for ref, desc in images:
-        if not ref or not source.has(desc.digest):
-            continue
-        parsed = parse_reference(ref)
-        doc = docs.get(desc.digest, {})
-        subject = doc.get("subject") if isinstance(doc.get("subject"), dict) else {}
-        if parsed.name == repository and (parsed.tag in sig_tags or subject.get("digest") == digest):
+class _Entries:
+    """A bundle's named entries read once: reference parsed, manifest parsed, and indexed by
+    (repository, tag) and by subject digest, so each image's signatures are found directly."""
+
+    def __init__(self, source, images):
+        self.source = source
+        self.all: list[tuple[str, Descriptor, Reference, dict]] = []
+        self.by_tag: dict[tuple[str, str], list[tuple[Descriptor, dict]]] = {}
+        self.by_subject: dict[tuple[str, str], list[tuple[Descriptor, dict]]] = {}
+        self.bad: list[Judged] = []          # names that are no reference: judged failed
+        for ref, desc in images:
+            if not ref:
+                continue
+            try:
+                parsed = parse_reference(ref)
+            except ReferenceError_ as exc:
+                self.bad.append(Judged(ref, desc.digest, Verdict(False, f"not a reference ({exc})")))
+                continue
+            doc = _doc(source, desc.digest) if source.has(desc.digest) else {}
+            self.all.append((ref, desc, parsed, doc))
+            if parsed.tag:
+                self.by_tag.setdefault((parsed.name, parsed.tag), []).append((desc, doc))
+            subject = doc.get("subject")
+            if isinstance(subject, dict) and isinstance(subject.get("digest"), str):
+                self.by_subject.setdefault((parsed.name, subject["digest"]), []).append((desc, doc))
+
+    def signature_manifests(self, repository: str, digest: str) -> list[tuple[bytes, str]]:
+        """The manifests in the bundle that may carry signatures of `digest` in `repository`:
+        cosign's .sig image, the OCI fallback index's children, referrers whose subject it is."""
+        tag = f"sha256-{digest_hex(digest)}"
+        found: dict[str, None] = {}
+        for desc, doc in (self.by_tag.get((repository, tag), []) + self.by_tag.get((repository, tag + ".sig"), [])
+                          + self.by_subject.get((repository, digest), [])):
             found[desc.digest] = None
             if desc.media_type in INDEX_TYPES or doc.get("manifests"):
                 for child in doc.get("manifests") or []:
-                    if isinstance(child, dict) and source.has(str(child.get("digest"))):
+                    if isinstance(child, dict) and self.source.has(str(child.get("digest"))):
                         found[child["digest"]] = None
-    return [(source.read(d), d) for d in found]
+        return [(self.source.read(d), d) for d in found]
 
 
 def _check_chain(source, digest: str, depth: int = 0) -> None:
