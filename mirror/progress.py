@@ -74,6 +74,23 @@ class BarProgress(Progress):
         self.images_bar.close()
 
 
+class SideProgress(Progress):
+    """A second job's events shown on a run's progress: its lines, not its counts (the push of
+    sync --to runs alongside the sync, whose bars count the downloads and images)."""
+
+    def __init__(self, main: Progress):
+        super().__init__(main.stream, main.verbosity)
+        self.main = main
+
+    def line(self, text: str) -> None:
+        self.main.line(text)
+
+    def image_done(self, ref: str, ok: bool, detail: str) -> None:
+        quiet = self.verbosity < (1 if isinstance(self.main, BarProgress) else 0)
+        if not ok or not quiet:
+            self.line(f"{'ok' if ok else 'FAILED'} {ref} {detail}")
+
+
 def make_progress(mode: bool | None, verbosity: int, stream=None) -> Progress:
     """Bars when asked for, or by default when stderr is a terminal; plain lines otherwise."""
     stream = stream or sys.stderr

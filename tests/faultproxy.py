@@ -15,6 +15,9 @@ for the n-th request (0-based) matching nothing in particular, what to do:
     ("delay", seconds)        wait that long, then forward unchanged (slow uploads and answers)
     ("flip_request", offset)  forward, with the byte at `offset` of the request body inverted
                               (no change when the body is shorter)
+    ("monolithic",)           a `POST …/blobs/uploads/?digest=` with a body is done upstream as a
+                              session (POST) and a PUT of that body, and the PUT's answer (201)
+                              returned: a registry that takes single-request uploads
 """
 
 from __future__ import annotations
@@ -84,6 +87,20 @@ class FaultProxy:
         await self._session.close()
         await runner.cleanup()
 
+    async def _monolithic(self, request: web.Request, body: bytes) -> web.Response:
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
+        headers["Host"] = request.host
+        async with self._session.post(f"{self.upstream}{request.path}", headers=headers,
+                                      allow_redirects=False) as up:
+            location = up.headers["Location"]
+        location = location if "://" not in location else "/" + location.split("/", 3)[3]
+        sep = "&" if "?" in location else "?"
+        digest = request.query["digest"]
+        async with self._session.put(f"{self.upstream}{location}{sep}digest={digest}", headers=headers,
+                                     data=body, allow_redirects=False) as up:
+            return web.Response(status=up.status, body=await up.read(), headers={
+                k: v for k, v in up.headers.items() if k.lower() not in HOP_HEADERS})
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         seen = Seen(request.method, request.path, request.query_string, dict(request.headers))
         index = len(self.seen)
@@ -103,6 +120,8 @@ class FaultProxy:
             request.transport.close()          # the client's upload dies mid-body
             return web.Response(status=500)
         body = await request.read()
+        if action and action[0] == "monolithic" and request.method == "POST" and "digest" in request.query:
+            return await self._monolithic(request, body)
         if action and action[0] == "delay":
             await asyncio.sleep(action[1])
         if action and action[0] == "flip_request" and 0 <= action[1] < len(body):

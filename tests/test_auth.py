@@ -233,3 +233,30 @@ def test_no_secret_in_push_output_report_or_dry_run(registry_token, make_registr
             _assert_no_secret(text, secret)
         assert "eyJ" not in text          # no bearer token (a JWT starts with base64 '{"')
     assert digest in texts[1]
+
+
+def test_one_challenge_then_tokens_for_every_repository_in_parallel(registry_token, tmp_path, capsys):
+    """Nine images in three repositories at once: only the very first request meets a 401; the
+    others wait for its challenge, and each repository's token is fetched once, before any
+    request of that repository is sent (none gets a 401)."""
+    creds = registry_token.creds
+    for r in range(3):
+        for t in range(3):
+            img = make_image([make_layer(f"tok-{r}-{t}", 1024 + t)])
+            push(img, registry_token.host, f"test/tok{r}", f"t{t}", creds)
+    registry_token.token_server.requests.clear()
+    mark = registry_token.mark()
+    manifest = write_manifest(tmp_path / "m.yaml", f"""version: 1
+registries:
+  {registry_token.host}:
+    username: {registry_token.username}
+    password: {registry_token.password}
+images:
+""" + "".join(f"  - source: {registry_token.host}/test/tok{r}\n    tags: [t0, t1, t2]\n" for r in range(3)))
+    code, text = _sync(tmp_path, manifest, capsys)
+    assert code == 0, text
+    reqs = registry_token.requests(since=mark)
+    assert [r.status for r in reqs].count(401) == 1, [(r.method, r.uri, r.status) for r in reqs]
+    assert reqs[0].status == 401
+    scopes = sorted(s for r in registry_token.token_server.requests for s in r["scopes"])
+    assert scopes == [f"repository:test/tok{r}:pull" for r in range(3)]

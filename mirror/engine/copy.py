@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..core.content import Sink, Source
-from ..core.oci import Descriptor, Manifest, parse_manifest
+from ..core.oci import IMAGE_CONFIG_TYPES, Descriptor, Manifest, parse_manifest
 from ..core.plan import MAX_DEPTH
 from ..errors import MirrorError
 from .base_blobs import BaseBlobs
@@ -117,7 +117,19 @@ class Copier:
     async def run(self, units: list[Unit], fail_fast: bool = False) -> list[Outcome]:
         if self.base:
             await self.base.locate(units)
-        self.tasks = [asyncio.ensure_future(self.one(u)) for u in units]
+        for u in units:
+            self.add(u)
+        return await self.finish(fail_fast)
+
+    def add(self, unit: Unit) -> asyncio.Future:
+        """Start copying one more unit now (a sync adds each image as soon as it is resolved);
+        `finish()` waits for every unit added."""
+        task = asyncio.ensure_future(self.one(unit))
+        self.tasks.append(task)
+        return task
+
+    async def finish(self, fail_fast: bool = False) -> list[Outcome]:
+        """Every unit added, ended: their outcomes in the order they were added."""
         try:
             if fail_fast:
                 for fut in asyncio.as_completed(self.tasks):
@@ -209,7 +221,7 @@ class Copier:
         if holder is None:
             self.holder[d] = holder = asyncio.get_running_loop().create_future()
             try:
-                if await self.sink.blob_exists(repo, d):
+                if not self._surely_new(desc) and await self.sink.blob_exists(repo, d):
                     holder.set_result(repo)
                     return "existing"
                 if not self.dry_run:
@@ -238,6 +250,12 @@ class Copier:
                 return "mounted"
         await self._send(repo, desc, location)
         return "uploaded"
+
+    def _surely_new(self, desc: Descriptor) -> bool:
+        """An image config at a sink where asking costs a round trip: sent without asking, since
+        a config is new with its image nearly always (the sink checks the digest all the same)."""
+        return getattr(self.sink, "remote", False) and desc.media_type in IMAGE_CONFIG_TYPES \
+            and self.source.has(desc.digest)
 
     async def _send(self, repo: str, desc: Descriptor, location: str | None = None) -> None:
         async with self._slot():

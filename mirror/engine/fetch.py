@@ -1,5 +1,5 @@
 """The downloads of a run: every blob once. One in-flight future per digest, shared (shielded)
-by every image that needs it; bounded by the run's transfer limit. RegistrySource offers them to
+by every image that needs it; bounded by each host's lanes (registry.transport). RegistrySource offers them to
 the copy engine as a Source, and to the bundle writer as downloads to follow."""
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ from ..registry.client import Registry
 class Fetcher:
     """Registry -> cache, each digest once per run."""
 
-    def __init__(self, store: Store, jobs: int, progress: Progress):
+    def __init__(self, store: Store, progress: Progress):
         self.store, self.progress = store, progress
-        self.jobs = asyncio.Semaphore(jobs)
         self.inflight: dict[str, asyncio.Future] = {}
         self.fetched: set[str] = set()      # digests downloaded (and verified) by this run
         self.started: dict[str, asyncio.Future] = {}   # digest -> its BlobWriter, once under way
@@ -41,12 +40,11 @@ class Fetcher:
         try:
             if self.store.has(desc.digest):
                 return
-            async with self.jobs:
-                def on_bytes(n: int) -> None:
-                    self.downloaded += n
-                    self.progress.advance(n)
-                await reg.fetch_blob(repo, desc, self.store, on_bytes, on_start=started.set_result)
-                self.fetched.add(desc.digest)
+            def on_bytes(n: int) -> None:
+                self.downloaded += n
+                self.progress.advance(n)
+            await reg.fetch_blob(repo, desc, self.store, on_bytes, on_start=started.set_result)
+            self.fetched.add(desc.digest)
         finally:
             if not started.done():
                 started.set_result(None)

@@ -72,6 +72,7 @@ class Resolver:
                  locked: dict | None = None):
         self.spec, self.store, self.progress, self.ctx, self.jobs = spec, store, progress, ctx, jobs
         self.registries: dict[str, Registry] = {}
+        self.on_resolved = None
         self.locked = locked          # sync --locked: reference -> lock.Locked; no tag is resolved
 
     def registry(self, session, ref: Reference) -> Registry:
@@ -97,8 +98,10 @@ class Resolver:
         from ..trust.policy import is_signature_manifest
         return any(is_signature_manifest(m.raw) for _, m in it.res.images)
 
-    async def resolve_all(self, session) -> list[Item]:
-        """Every entry expanded and resolved, with the referrers asked for."""
+    async def resolve_all(self, session, on_resolved=None) -> list[Item]:
+        """Every entry expanded and resolved, with the referrers asked for. `on_resolved(item)`
+        is told each entry's image as soon as it is resolved (referrers come later, whole)."""
+        self.on_resolved = on_resolved
         if self.locked is not None:
             refs_per_spec = self.expand_locked()
         else:
@@ -294,4 +297,6 @@ class Resolver:
                                "from its own URLs by whoever pulls the image)")
         res.target = spec.target
         item.res = res
+        if self.on_resolved and not referrer:
+            self.on_resolved(item)
         return item

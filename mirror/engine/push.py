@@ -112,28 +112,34 @@ class Pusher:
         # a differential bundle's blobs expected from its base, found where the base carried them
         self.base = BaseBlobs(uploader, dest, holders or {}, opts.dry_run)
         self.uploaded_bytes = 0
+        self.seen: dict[str, str] = {}       # name at the destination -> the image placed there
+
+    def place(self, image: PushImage) -> Unit:
+        """Where one image goes and what it consists of; refuses a name another image took."""
+        repo, tag, digest = self.dest.place(image)
+        name = f"{self.dest.host}/{repo}" + (f":{tag}" if tag else f"@{digest}")
+        taken = self.seen.setdefault(name, image.ref_name)
+        if taken != image.ref_name:
+            raise UsageError(f"{name}: both {taken} and {image.ref_name} would be pushed there; "
+                             "give one of them a target: in mirror.yaml, or push them separately")
+        return walk(self.source, Unit(image.ref_name, repo, tag, image.descriptor, target=name))
 
     def plan(self, images: list[PushImage]) -> list[Unit]:
-        """Where each image goes and what it consists of; refuses two images on one name."""
-        units, seen = [], {}
-        for image in images:
-            repo, tag, digest = self.dest.place(image)
-            name = f"{self.dest.host}/{repo}" + (f":{tag}" if tag else f"@{digest}")
-            if name in seen and seen[name] != image.ref_name:
-                raise UsageError(f"{name}: both {seen[name]} and {image.ref_name} would be pushed there; "
-                                 "give one of them a target: in mirror.yaml, or push them separately")
-            seen[name] = image.ref_name
-            units.append(walk(self.source, Unit(image.ref_name, repo, tag, image.descriptor, target=name)))
-        return units
+        """Every image placed (before any request: a clash of names stops the whole push)."""
+        return [self.place(image) for image in images]
+
+    def copier(self) -> Copier:
+        return Copier(self.source, self.up, chunk_size=self.opts.chunk_size, dry_run=self.opts.dry_run,
+                      base=self.base, on_bytes=self._count, on_done=self._done)
 
     async def run(self, images: list[PushImage]) -> PushResult:
         started = time.monotonic()
         units = self.plan(images)
-        copier = Copier(self.source, self.up, jobs=self.opts.jobs, chunk_size=self.opts.chunk_size,
-                        dry_run=self.opts.dry_run, base=self.base, on_bytes=self._count, on_done=self._done)
         self.progress.images_total(len(units))
-        outcomes = await copier.run(units, fail_fast=self.opts.fail_fast)
-        reports = [self._report(o) for o in outcomes]
+        outcomes = await self.copier().run(units, fail_fast=self.opts.fail_fast)
+        return self.result([self.report(o) for o in outcomes], started)
+
+    def result(self, reports: list[PushReport], started: float) -> PushResult:
         ok = sum(1 for r in reports if r.status == "ok")
         totals = PushTotals(images=len(reports), ok=ok, failed=len(reports) - ok,
                             uploaded_bytes=self.uploaded_bytes,
@@ -143,7 +149,7 @@ class Pusher:
         dest = self.dest.host + (f"/{self.dest.prefix}" if self.dest.prefix else "")
         return PushResult(reports, totals, dest)
 
-    def _report(self, o: Outcome) -> PushReport:
+    def report(self, o: Outcome) -> PushReport:
         u = o.unit
         return PushReport(u.name, u.target, u.top.digest, status="ok" if o.ok else "failed",
                           error=_explain(o.error, u) if o.error else None, blobs=len(u.blobs),
@@ -151,7 +157,7 @@ class Pusher:
                           existing=o.existing, seconds=o.seconds)
 
     def _done(self, o: Outcome) -> str | None:
-        r = self._report(o)
+        r = self.report(o)
         detail = (f"{r.digest} {r.uploaded} uploaded ({human(r.uploaded_bytes)}), "
                   f"{r.mounted} mounted, {r.existing} present" if r.status == "ok" else r.error)
         self.progress.image_done(f"{r.reference} -> {r.target}", r.status == "ok", detail)

@@ -96,7 +96,7 @@ async def referrers_api(reg: Registry, repo: str, digest: str) -> list[Descripto
             return (await read_capped(resp, MAX_REFERRERS_BYTES, what), resp.headers.get("Link", ""),
                     str(resp.url))
     for page in range(MAX_REFERRER_PAGES):
-        async with reg.t.limit:
+        async with reg.t.meta:
             got = await reg.t.retrying(lambda u=url, first=page == 0: fetch(u, first))
         if got is None:
             return None

@@ -15,14 +15,15 @@ from ..core.platform import Platform, from_oci
 from ..core.spec import MirrorSpec, RegistryConfig
 from ..core.units import human
 from ..errors import BundleError, MirrorError
-from ..progress import Progress
-from ..registry.transport import new_session
+from ..progress import Progress, SideProgress
+from ..registry.transport import new_session, transport_for
+from ..registry.upload import Uploader
 from .context import RunContext
 from .copy import Copier, Outcome, Unit
 from .fetch import Fetcher, RegistrySource
 from .images import ImageReport, Item, Resolver, fail
 from .output import BundleOutput
-from .push import Destination, PushImage, PushOptions, PushResult, push_images
+from .push import Destination, PushImage, PushOptions, PushReport, PushResult, Pusher
 from .report import BundleSummary, SyncTotals
 from .shard import Shard, partition, weigh
 
@@ -71,14 +72,19 @@ class Syncer:
         self.spec, self.store, self.opts, self.progress = spec, store, opts, progress
         self.ctx = RunContext()       # this run's threads; closed at the end of run()
         self.resolver = Resolver(spec, store, progress, self.ctx, opts.jobs or spec.concurrency, opts.locked)
-        self.fetcher = Fetcher(store, opts.jobs or spec.concurrency, progress)
+        self.fetcher = Fetcher(store, progress)
         self.out = BundleOutput(spec, opts, store, self.ctx)
         self.writer: TarWriter | None = None        # the bundle tar, while the blobs arrive
         self.tasks: list[asyncio.Future] = []       # the copy and the tar feed
         self.source: RegistrySource | None = None
         self.copier: Copier | None = None
         self._item_of: dict[int, Item] = {}         # id(unit) -> its item
+        self._started: set[int] = set()             # id(item) of those whose copy began
         self.shard_plan: dict | None = None
+        self.pusher: Pusher | None = None           # sync --to
+        self.push_copier: Copier | None = None
+        self._push_of: dict[int, asyncio.Future] = {}     # id(item) -> its push
+        self._push_failed: dict[int, PushReport] = {}
 
     async def run(self) -> SyncResult:
         """The whole sync; the run's threads are shut down at its end, whatever happens."""
@@ -91,22 +97,26 @@ class Syncer:
         started = time.monotonic()
         pushed: PushResult | None = None
         async with new_session() as session:
-            # 1. every image resolved first: then the whole blob set is known, so the bundle
-            # can be written while the blobs are still arriving
-            items = await self.resolver.resolve_all(session)
-            if self.opts.shard:
-                items = self.take_shard(items)
-            self.fail_fast_check(items)
-            live = [it for it in items if it.res is not None]
             try:
+                # No barrier where nothing needs the whole set first: each image's blobs are
+                # asked for (and with --to, it is pushed) as soon as it is resolved. The bundle
+                # is still written in its one order, once every image is resolved.
+                streaming = self.streams()
+                if streaming:
+                    self.begin(session)
+                items = await self.resolver.resolve_all(session, self.resolved if streaming else None)
+                if self.opts.shard:
+                    items = self.take_shard(items)
+                self.fail_fast_check(items)
+                live = [it for it in items if it.res is not None]
                 self.out.plan_differential(live)
                 if live and not self.opts.dry_run:
-                    await self._fetch_and_write(live, items)
+                    await self._fetch_and_write(live, items, session)
                 else:
                     for it in live:
                         self.done(it)
                 if self.opts.push_to and not self.opts.dry_run:
-                    pushed = await self.push([it for it in items if it.report.status == "ok"], session)
+                    pushed = await self.finish_push(items, session)
             except BaseException:
                 await self._abandon()
                 raise
@@ -115,24 +125,60 @@ class Syncer:
             write_lock(self.opts.lock, self.resolver.lock_entries(items))
         return self._result(items, pushed, started)
 
-    async def _fetch_and_write(self, live: list[Item], items: list[Item]) -> None:
+    def streams(self) -> bool:
+        """Whether images may be copied as they are resolved: not when something must see every
+        image first (--shard weighs them all, --since and trust: judge the set, --locked checks
+        it; a dry run copies nothing)."""
+        o = self.opts
+        return not (o.dry_run or o.shard or o.since or o.locked is not None or self.spec.trust is not None)
+
+    def begin(self, session) -> None:
+        """The copy into the cache (and with --to, the push from it) open before resolving."""
+        self.source = RegistrySource(self.fetcher, {})
+        self.copier = Copier(self.source, CacheSink(self.store), on_done=self._copied)
+        if self.opts.push_to:
+            self.pusher = self._pusher(session)
+            self.push_copier = self.pusher.copier()
+
+    def resolved(self, it: Item) -> None:
+        """One image resolved (streaming): its missing blobs asked for now, its copy started."""
+        if it.res is None or id(it) in self._started:
+            return
+        self._started.add(id(it))
+        missing = {}
+        for d, desc in it.res.blobs.items():
+            self.source.wants.setdefault(d, (it.reg, it.res.ref.repository, desc))
+            if d not in self.fetcher.inflight and not self.store.has(d):
+                missing[d] = desc
+        self.progress.bytes_total(sum(desc.size for desc in missing.values()))
+        for desc in sorted(missing.values(), key=lambda x: -x.size):
+            self.fetcher.blob(it.reg, it.res.ref.repository, desc)
+        self.copier.add(self.unit(it))
+
+    async def _fetch_and_write(self, live: list[Item], items: list[Item], session) -> None:
         """2. Registry -> cache through the copy engine, every missing blob fetched once; the tar
         written in its order meanwhile, following the downloads."""
-        missing = self.missing(live)
-        self.progress.bytes_total(sum(desc.size for desc, _ in missing.values()))
+        if self.copier is None:
+            self.source = RegistrySource(self.fetcher, {})
+            self.copier = Copier(self.source, CacheSink(self.store), on_done=self._copied)
+        missing = {d: desc for d, (desc, _) in self.missing(live).items() if d not in self.fetcher.inflight}
+        self.progress.bytes_total(sum(desc.size for desc in missing.values()))
         # Where every blob can come from, not only the missing ones: a cached blob found damaged
         # and evicted meanwhile (the tar writer hashes old entries) is fetched again, not lost.
-        wants: dict = {}
         for it in live:
             for d, desc in it.res.blobs.items():
-                wants.setdefault(d, (it.reg, it.res.ref.repository, desc))
-        self.source = RegistrySource(self.fetcher, wants)
-        # Start the downloads in the order the tar is written in (largest first), so the writer
-        # keeps pace with them.
-        self.source.start(blob_order({d: desc.size for d, (desc, _) in missing.items()}))
-        self.copier = Copier(self.source, CacheSink(self.store), on_done=self._copied)
-        units = [self.unit(it) for it in live]
-        self.tasks = [asyncio.ensure_future(self.copier.run(units, fail_fast=self.opts.fail_fast))]
+                self.source.wants.setdefault(d, (it.reg, it.res.ref.repository, desc))
+        # Start the rest of the downloads in the order the tar is written in (largest first),
+        # so the writer keeps pace with them.
+        self.source.start(blob_order({d: desc.size for d, desc in missing.items()}))
+        if self.opts.push_to and self.pusher is None:
+            self.pusher = self._pusher(session)
+            self.push_copier = self.pusher.copier()
+        for it in live:
+            if id(it) not in self._started:
+                self._started.add(id(it))
+                self.copier.add(self.unit(it))
+        self.tasks = [asyncio.ensure_future(self.copier.finish(fail_fast=self.opts.fail_fast))]
         if self.out.wanted() and not self.out.is_dir():
             self.writer = TarWriter(Path(self.out.path()), split=self.opts.split)
             self.tasks.append(asyncio.ensure_future(self.out.feed(self.writer, live, self.source)))
@@ -152,6 +198,8 @@ class Syncer:
         item = self._item_of[id(o.unit)]
         if o.ok:
             self.done(item)
+            if self.push_copier is not None:
+                self.push(item)     # sync --to: pushed as soon as its blobs are in the cache
             return None
         self.fail(item, str(o.error))
         return item.report.error
@@ -163,6 +211,8 @@ class Syncer:
             t.cancel()
         if self.copier:
             await self.copier.cancel()
+        if self.push_copier:
+            await self.push_copier.cancel()
         if self.source:
             everything += self.source.cancel()
         await asyncio.gather(*everything, return_exceptions=True)
@@ -191,14 +241,40 @@ class Syncer:
                             failed_pushes=pushed.totals.failed if pushed else None, bundle_error=bundle_error)
         return SyncResult(reports, bundle, totals, pushed, self.shard_plan)
 
-    async def push(self, items: list[Item], session) -> PushResult:
-        """sync --to: push what was just mirrored, from the cache, into the destination registry."""
+    def _pusher(self, session) -> Pusher:
+        """sync --to: the push from the cache into the destination registry, in this run's session."""
         dest = self.opts.push_to
-        images = [PushImage(it.res.name, it.res.top, it.res.target) for it in items]
         cfg = self.spec.registries.get(dest.host, RegistryConfig())
         opts = PushOptions(jobs=self.opts.jobs or self.spec.concurrency, fail_fast=self.opts.fail_fast)
-        return await push_images(StoreSource(self.store), images, dest, cfg, opts, self.progress, session,
-                                 ctx=self.ctx)
+        uploader = Uploader(transport_for(session, dest.host, cfg, opts.jobs), readers=self.ctx.readers)
+        return Pusher(StoreSource(self.store), uploader, dest, opts, SideProgress(self.progress))
+
+    def push(self, item: Item) -> None:
+        """One image mirrored: its push begins (a failure to place it is its push report)."""
+        image = PushImage(item.res.name, item.res.top, item.res.target)
+        try:
+            unit = self.pusher.place(image)
+        except MirrorError as exc:
+            self._push_failed[id(item)] = PushReport(image.ref_name, "", image.descriptor.digest,
+                                                     status="failed", error=str(exc))
+            self.progress.image_done(f"{image.ref_name} -> (not placed)", False, str(exc))
+            return
+        self._push_of[id(item)] = self.push_copier.add(unit)
+
+    async def finish_push(self, items: list[Item], session) -> PushResult:
+        """sync --to: every image pushed; reports in the order of the images."""
+        started = time.monotonic()
+        if self.push_copier is None:      # nothing was copied (every image failed)
+            self.pusher = self._pusher(session)
+            self.push_copier = self.pusher.copier()
+        await self.push_copier.finish(fail_fast=self.opts.fail_fast)
+        reports = []
+        for it in items:
+            if id(it) in self._push_of:
+                reports.append(self.pusher.report(self._push_of[id(it)].result()[0]))
+            elif id(it) in self._push_failed:
+                reports.append(self._push_failed[id(it)])
+        return self.pusher.result(reports, started)
 
     def take_shard(self, items: list[Item]) -> list[Item]:
         """--shard I/N: the partition of the whole manifest's repositories, and this shard's items."""

@@ -59,7 +59,7 @@ async def delete_manifest(t: Transport, repo: str, digest: str) -> bool:
     digest_hex(digest)          # validated: it goes into a URL
     what = f"delete of {join_ref(f'{t.settings.host}/{repo}', digest)}"
     try:
-        async with t.limit:
+        async with t.meta:
             resp = await t.open("DELETE", f"/v2/{repo}/manifests/{digest}", scopes=_delete(repo),
                                 ok=(200, 202, 204, 404), what=what)
             resp.release()

@@ -31,7 +31,7 @@ async def head_manifest(t: Transport, repo: str, ref: str, scopes: frozenset,
     limit): (there, its digest if the registry gives Docker-Content-Digest). A 404 is
     (False, None) when `missing_ok`, else NotFoundError. The one HEAD of a manifest: resolving,
     referrers' tags and push's checks all use it."""
-    async with t.limit:
+    async with t.meta:
         resp = await t.open("HEAD", f"/v2/{repo}/manifests/{ref}", scopes=scopes, headers={"Accept": ACCEPT},
                             ok=(200, 404) if missing_ok else (200,),
                             what=f"manifest {join_ref(f'{t.settings.host}/{repo}', ref)}")
@@ -68,7 +68,7 @@ class Registry:
                                               f"{sha256_digest(raw)} when asked for {named} (its "
                                               "Docker-Content-Digest); refusing it")
                 return raw, resp.headers.get("Content-Type", "")
-        async with self.t.limit:
+        async with self.t.meta:
             return await self.t.retrying(attempt)
 
     async def list_tags(self, repo: str, page_size: int = 1000) -> list[str]:
@@ -84,7 +84,7 @@ class Registry:
         follow the bytes as they land; `on_bytes(n)` counts them."""
         url = f"/v2/{repo}/blobs/{desc.digest}"
         what = f"blob {desc.digest} of {self.host}/{repo}"
-        async with self.t.limit:
+        async with self.t.lane(desc.size):
             writer = store.begin(desc.digest, desc.size)
             if on_start:
                 on_start(writer)
@@ -150,7 +150,7 @@ async def list_pages(t: Transport, url: str, key: str, scopes: frozenset, what: 
         async with resp:
             return await read_capped(resp, cap, what), resp.headers.get("Link", ""), str(resp.url)
     for _ in range(max_pages):
-        async with t.limit:
+        async with t.meta:
             raw, link, base = await t.retrying(lambda u=url: page(u))
         try:
             data = json.loads(raw)

@@ -9,7 +9,10 @@ data (which statuses, how long to wait).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
+import heapq
+import itertools
 import json
 import os
 import random
@@ -31,6 +34,8 @@ from ..core.reference import is_loopback
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 MAX_RETRY_AFTER = 60.0        # never sleep longer than this on one Retry-After
 MAX_TOTAL_WAIT = 300.0        # nor retry one request for longer than this in all
+SMALL_BLOB = 1 << 20          # a blob this size or smaller travels on the metadata lane
+METADATA_PER_TRANSFER = 4     # the metadata lane is this many times the transfer lane (8 -> 32)
 
 
 def proxy_for(url: str) -> str | None:
@@ -110,8 +115,48 @@ class HostSettings:
         return False if self.insecure else True
 
 
+class Slots:
+    """A semaphore that admits its waiters largest first (by the size they name): the transfer
+    lane hands a free slot to the biggest blob waiting, so the longest transfers start first and
+    the run does not end on one (longest-first is also the order the bundle is written in)."""
+
+    def __init__(self, n: int):
+        self.free = n
+        self.waiting: list[tuple[int, int, asyncio.Future]] = []
+        self._seq = itertools.count()
+
+    @contextlib.asynccontextmanager
+    async def slot(self, size: int):
+        if self.free > 0 and not self.waiting:
+            self.free -= 1
+        else:
+            fut = asyncio.get_running_loop().create_future()
+            heapq.heappush(self.waiting, (-size, next(self._seq), fut))
+            try:
+                await fut
+            except asyncio.CancelledError:
+                if fut.done() and not fut.cancelled():
+                    self._release()        # granted, then cancelled before it ran: hand it on
+                raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        while self.waiting:
+            fut = heapq.heappop(self.waiting)[2]
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self.free += 1
+
+
 class Transport:
-    """Authenticated, retried HTTP to one registry host."""
+    """Authenticated, retried HTTP to one registry host, with its two lanes: metadata (manifests,
+    HEADs, tag lists, mounts, upload sessions, small blobs; many in flight, round-trip bound) and
+    transfers (blobs over SMALL_BLOB; bandwidth bound, largest first). Each request of a caller is
+    sent under `meta` or `lane(size)`, held around the whole operation."""
 
     def __init__(self, session: aiohttp.ClientSession, settings: HostSettings,
                  credentials: Credentials | None, timeout: aiohttp.ClientTimeout | None = None):
@@ -122,10 +167,18 @@ class Transport:
         self.proxy = proxy_for(self.base)
         self.ssl = settings.ssl_context()
         # Held by callers around a whole operation (a blob is one request for its whole body).
-        self.limit = asyncio.Semaphore(settings.max_concurrency)
+        self.meta = asyncio.Semaphore(METADATA_PER_TRANSFER * settings.max_concurrency)
+        self.transfers = Slots(settings.max_concurrency)
+        # Until this host has answered once, one request goes alone: if it says 401, the others
+        # wait for the challenge and then carry a token, instead of each getting a 401 first.
+        self._first_answer: asyncio.Future | None = None
         self.timeout = timeout or aiohttp.ClientTimeout(total=None, connect=30, sock_read=60)
         self._may_fall_back = settings.insecure and self.base.startswith("https:")
         self.auth = Auth(self)
+
+    def lane(self, size: int | None):
+        """The lane for a blob of `size` bytes (held around its whole transfer)."""
+        return self.meta if size is None or size <= SMALL_BLOB else self.transfers.slot(size)
 
     # --- requests -------------------------------------------------------------------------
     async def retrying(self, operation):
@@ -156,7 +209,25 @@ class Transport:
         return await (self.retrying(once) if retry else once())
 
     async def _open_once(self, method, url, scopes, headers, ok, what, body=None):
-        full = url if url.startswith(("http://", "https://")) else self.base + url
+        first = self._first_answer
+        if first is None:
+            self._first_answer = asyncio.get_running_loop().create_future()
+            try:
+                return await self._open_auth(method, self._full(url), scopes, headers, ok, what, body)
+            finally:
+                self._answered()
+        if not first.done():
+            await asyncio.wait({first})      # not cancelled with this request
+        return await self._open_auth(method, self._full(url), scopes, headers, ok, what, body)
+
+    def _full(self, url: str) -> str:
+        return url if url.startswith(("http://", "https://")) else self.base + url
+
+    def _answered(self) -> None:
+        if not self._first_answer.done():
+            self._first_answer.set_result(None)
+
+    async def _open_auth(self, method, full, scopes, headers, ok, what, body=None):
         for auth_try in (0, 1):
             hdrs = dict(headers)
             auth = await self.auth.header(scopes)
@@ -174,7 +245,7 @@ class Transport:
                     self.base = "http://" + self.base.removeprefix("https://")
                     self.ssl = None
                     full = self.base + full.removeprefix("https://" + self.settings.api_host)
-                    return await self._open_once(method, full, scopes, headers, ok, what, body)
+                    return await self._open_auth(method, full, scopes, headers, ok, what, body)
                 if isinstance(exc, aiohttp.ClientSSLError):
                     raise RegistryError(f"{self.settings.host}: TLS failed ({exc.__class__.__name__}); "
                                         "give the registry's CA as ca_file, or set insecure: true") from None
@@ -185,6 +256,7 @@ class Transport:
                     raise RegistryError(self._https_hint()) from None
                 raise TransientError(f"{self.settings.host}: {method} {redact_url(full)}: "
                                      f"{exc.__class__.__name__} {exc}".strip()) from None
+            self._answered()      # its challenge, if any, is known: the others may go
             if resp.status == 401 and auth_try == 0 and self.auth.learn(resp, auth):
                 resp.release()
                 continue

@@ -11,7 +11,7 @@ from ..core.content import Source
 from ..errors import RegistryError
 from ..core.reference import join_ref
 from .client import head_manifest
-from .transport import Transport
+from .transport import SMALL_BLOB, Transport
 
 READ_CHUNK = 2 << 20       # fewer hand-offs to the reader threads, with bounded memory
 MIN_CHUNK = 64 * 1024
@@ -54,16 +54,24 @@ class Uploader:
 
     # A registry accepts a manifest only with everything it references: one present is complete.
     complete_manifests = True
+    # Asking whether it has a blob costs a round trip (the copy engine sends an image config,
+    # new with its image nearly always, without asking first).
+    remote = True
 
     def __init__(self, transport: Transport, readers: concurrent.futures.Executor | None = None):
         self.t = transport
         self.readers = readers      # the run's threads that read what is uploaded (None: the loop's)
         self.host = transport.settings.host
         self.body_limit: int | None = None       # learnt from a 413: bodies must stay below it
+        # Single-request uploads (POST ?digest= with the body): None until a registry answer
+        # tells. Tried with bodies up to MIN_CHUNK while unknown (a registry without them opens
+        # a session and ignores the body, which is then sent again with the PUT: little lost),
+        # and used for blobs up to SMALL_BLOB once it answered 201.
+        self.monolithic: bool | None = None
 
     async def blob_exists(self, repo: str, digest: str) -> bool:
         """HEAD the blob in `repo` (a 404 is an answer, not an error)."""
-        async with self.t.limit:
+        async with self.t.meta:
             resp = await self.t.open("HEAD", f"/v2/{repo}/blobs/{digest}", scopes=_push(repo),
                                      ok=(200, 404), what=f"blob {digest} in {self.host}/{repo}")
             resp.release()
@@ -77,7 +85,7 @@ class Uploader:
     async def mount(self, repo: str, digest: str, from_repo: str) -> str | None:
         """Cross-repository mount; None when mounted, else the Location of an open upload."""
         url = f"/v2/{repo}/blobs/uploads/?" + urlencode({"mount": digest, "from": from_repo})
-        async with self.t.limit:
+        async with self.t.meta:
             resp = await self.t.open("POST", url, scopes=_push(repo, from_repo), ok=(201, 202),
                                      what=f"mount of {digest} into {self.host}/{repo}")
             resp.release()
@@ -85,7 +93,7 @@ class Uploader:
 
     async def cancel(self, location: str, repo: str) -> None:
         """Cancel an upload session (DELETE its Location); a registry that cannot is let be."""
-        async with self.t.limit:
+        async with self.t.meta:
             resp = await self.t.open("DELETE", location, scopes=_push(repo), ok=(200, 202, 204, 404, 405),
                                      what=f"cancel of an upload to {self.host}/{repo}")
             resp.release()
@@ -98,7 +106,8 @@ class Uploader:
 
     async def upload(self, repo: str, digest: str, source: Source, chunk_size: int,
                      location: str | None = None, on_bytes=None) -> None:
-        """Upload a blob: one PUT, or PATCH chunks when it is big or a proxy limits bodies."""
+        """Upload a blob: one POST where the registry takes a small blob whole, else a session
+        (POST) and one PUT, or PATCH chunks when it is big or a proxy limits bodies."""
         size = source.size(digest)
         while True:
             limit = min(chunk_size, self.body_limit or chunk_size)
@@ -109,13 +118,12 @@ class Uploader:
                 # one by one: the transport's policy retries the whole attempt.
                 nonlocal location
                 try:
+                    if location is None and size <= limit and self._single(size):
+                        location = await self._post_whole(repo, digest, source, size, on_bytes)
+                        if location is None:
+                            return
                     if location is None:
-                        async with self.t.limit:
-                            resp = await self.t.open("POST", f"/v2/{repo}/blobs/uploads/", scopes=_push(repo),
-                                                     ok=(202,), what=f"upload to {self.host}/{repo}",
-                                                     retry=False)
-                            resp.release()
-                        location = self._location(resp)
+                        location = await self._open_session(repo)
                     if size <= limit:
                         await self._put(repo, location, digest, source, 0, size, on_bytes)
                     else:
@@ -132,6 +140,40 @@ class Uploader:
                     continue
                 raise
 
+    def _single(self, size: int) -> bool:
+        return size <= (SMALL_BLOB if self.monolithic else MIN_CHUNK if self.monolithic is None else -1)
+
+    async def _post_whole(self, repo, digest, source, size, on_bytes) -> str | None:
+        """The whole blob in one POST (`?digest=`): None when the registry took it (201), else
+        the Location of the session it opened instead (202), to PUT the blob into as usual."""
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        what = f"upload of {digest} to {self.host}/{repo}"
+        try:
+            async with self.t.meta:
+                resp = await self.t.open("POST", f"/v2/{repo}/blobs/uploads/?" + urlencode({"digest": digest}),
+                                         scopes=_push(repo), headers=headers, ok=(201, 202), retry=False,
+                                         body=lambda: _stream(source, digest, 0, size, self.readers), what=what)
+                resp.release()
+        except RegistryError as exc:
+            if exc.status not in (400, 405, 415):
+                raise
+            self.monolithic = False      # refused outright: sessions from now on
+            return await self._open_session(repo)
+        if resp.status == 201:
+            self.monolithic = True
+            if on_bytes:
+                on_bytes(size)
+            return None
+        self.monolithic = False          # a session instead: this registry takes no body in a POST
+        return self._location(resp)
+
+    async def _open_session(self, repo: str) -> str:
+        async with self.t.meta:
+            resp = await self.t.open("POST", f"/v2/{repo}/blobs/uploads/", scopes=_push(repo), ok=(202,),
+                                     what=f"upload to {self.host}/{repo}", retry=False)
+            resp.release()
+        return self._location(resp)
+
     async def _put(self, repo, location, digest, source, start, length, on_bytes, final=True):
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(length)}
         if not final:
@@ -140,7 +182,7 @@ class Uploader:
 
         def body():
             return _counted(_stream(source, digest, start, length, self.readers), on_bytes)
-        async with self.t.limit:
+        async with self.t.lane(length):
             resp = await self.t.open("PUT" if final else "PATCH", url, scopes=_push(repo), headers=headers,
                                      ok=(201,) if final else (202, 204), body=body, retry=False,
                                      what=f"upload of {digest} to {self.host}/{repo}")
@@ -155,7 +197,7 @@ class Uploader:
             location = self._location(resp)
             start += length
         headers = {"Content-Length": "0"}
-        async with self.t.limit:
+        async with self.t.meta:
             resp = await self.t.open("PUT", with_query(location, digest=digest), scopes=_push(repo),
                                      headers=headers, ok=(201,), retry=False,
                                      what=f"upload of {digest} to {self.host}/{repo}")
@@ -163,7 +205,7 @@ class Uploader:
 
     async def put_manifest(self, repo: str, ref: str, raw: bytes, media_type: str) -> str | None:
         """PUT the exact manifest bytes under a tag or digest; returns the registry's digest."""
-        async with self.t.limit:
+        async with self.t.meta:
             resp = await self.t.open("PUT", f"/v2/{repo}/manifests/{ref}", scopes=_push(repo),
                                      headers={"Content-Type": media_type}, ok=(201,), body=lambda: raw,
                                      what=f"manifest {join_ref(f'{self.host}/{repo}', ref)}")
