@@ -48,10 +48,11 @@ bench-scale: deps venv
 	$(PY) -m compileall -q mirror >/dev/null   # bytecode as an install has it: PYTHONDONTWRITEBYTECODE=1 here
 	$(PY) benchmarks/bench_scale.py --out docs/benchmarks.md
 
+# make bench-wan BEFORE=REV: also the code of git revision REV, measured in the same run
 bench-wan: deps venv
 	@command -v /usr/bin/time >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq time >/dev/null; }
 	$(PY) -m compileall -q mirror >/dev/null   # bytecode as an install has it: PYTHONDONTWRITEBYTECODE=1 here
-	$(PY) benchmarks/bench_wan.py --out docs/benchmarks.md
+	$(PY) benchmarks/bench_wan.py --out docs/benchmarks.md $(if $(BEFORE),--before-rev $(BEFORE))
 
 clean:
 	rm -rf $(VENV) .demo bundles build *.egg-info

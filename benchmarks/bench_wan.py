@@ -2,7 +2,8 @@
 """WAN benchmark: `imgmirror sync` against the skopeo loop through a pacing proxy.
 
     .venv/bin/python benchmarks/bench_wan.py [--scale 0.25] [--runs 3] [--meta-skopeo-runs 1]
-        [--rtt 0.04] [--conn-rate 10] [--link-rate 60] [--out docs/benchmarks.md]
+        [--rtt 0.04] [--conn-rate 10] [--link-rate 60] [--before EXE | --before-rev REV]
+        [--skip-skopeo] [--out docs/benchmarks.md]
 
 Users do not sync from a registry on 127.0.0.1: between them and Docker Hub or GHCR there is a
 link with a round-trip time and a bandwidth, and there the tool is measured against the link
@@ -23,6 +24,22 @@ output): `imgmirror sync MANIFEST -o OUT.tar --cache EMPTY` with its defaults, a
 `skopeo copy --all --preserve-digests` of each image in turn into one OCI layout, then
 `tar -cf` (bench_sync.run_skopeo).  skopeo on set b takes 150 processes, so it runs
 --meta-skopeo-runs times (default 1).  Then `imgmirror --version` 5 times (no proxy).
+
+With --before EXE (an imgmirror of earlier code) each round runs before, imgmirror, skopeo in
+turn, before the same cold way as imgmirror; --before-rev REV makes that EXE: `git archive REV
+mirror` under benchmarks/work/wan/before-REV/, compiled (PYTHONDONTWRITEBYTECODE=1 here), and a
+wrapper running its mirror.cli:main with this Python; the commit is named in the report.
+--skip-skopeo leaves skopeo out (quick trials).
+
+`sync --to` (set b): a second, empty `docker-registry` (the destination) behind a second proxy
+(same link, its own log).  For each run (and tool: before too): cold, `imgmirror sync
+mirror-b.yaml --to DESTPROXY/run-I-after --cache EMPTY --no-progress --report R.json` (before:
+run-I-before; every image ok; after imgmirror's first, every image's manifest in the
+destination, asked directly, at the set's digest), then the no-op: the same command again.  From
+both proxies' logs: requests by kind, destination requests per image, and for the no-op its
+HEADs' own time (the larger over the two sides of ceil(HEADs / peak connections) x RTT) and what
+the wall adds to it beyond start-up (process start to its first connection at either proxy), in
+RTTs.
 
 Reported: wall time of each (median), the link floor (unique bytes / link rate), tool / floor,
 imgmirror / skopeo; from the proxy's log, the requests and connections each tool used, and for
@@ -45,13 +62,17 @@ import datetime as dt
 import hashlib
 import inspect
 import json
+import math
 import os
 import random
+import shlex
 import shutil
 import statistics
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -277,7 +298,8 @@ def analyse(conns: list[dict], t_start: float, t_end: float, layers: set[str], r
     # one answer and the next request (the client's own time).
     later = [r for c in real for r in c["requests"][1:] if r[1]]
     out["latency_ms"] = statistics.median(r[1] - r[0] for r in later) * 1000 if later else None
-    gaps = [b[0] - a[2] for c in real for a, b in zip(c["requests"], c["requests"][1:]) if a[2]]
+    gaps = [b[0] - a[2] for c in real for a, b in zip(c["requests"], c["requests"][1:], strict=False)
+            if a[2]]
     out["gap_ms"] = statistics.median(gaps) * 1000 if gaps else None
     out["idle_per_conn"] = sum(gaps) / len(real) if gaps else 0.0
     # Configs (the blobs that are not layers) asked for after the last layer was: each costs a
@@ -327,36 +349,46 @@ def time_version(imgmirror: str, n: int = 5) -> list[float]:
     return out
 
 
-def run_set(kind: str, desc: dict, imgmirror: str, proxy: ProxyProcess, reg, run_dir: Path, args) -> dict:
+def write_manifest(kind: str, desc: dict, host: str, run_dir: Path) -> Path:
     images = desc["images"]
     manifest = run_dir / f"mirror-{kind}.yaml"
     if kind == "a":
         manifest.write_text("version: 1\nimages:\n" + "".join(
-            f"  - source: {proxy.host}/{i['repo']}:{i['tag']}\n" for i in images))
+            f"  - source: {host}/{i['repo']}:{i['tag']}\n" for i in images))
     else:
         by_repo: dict[str, list[str]] = {}
         for i in images:
             by_repo.setdefault(i["repo"], []).append(i["tag"])
         manifest.write_text("version: 1\nimages:\n" + "".join(
-            f"  - source: {proxy.host}/{repo}\n    tags: [{', '.join(tags)}]\n" for repo, tags in by_repo.items()))
+            f"  - source: {host}/{repo}\n    tags: [{', '.join(tags)}]\n" for repo, tags in by_repo.items()))
+    return manifest
+
+
+def run_set(kind: str, desc: dict, tools: dict[str, str], proxy: ProxyProcess, reg, run_dir: Path,
+            args) -> dict:
+    """--runs rounds of cold runs of each tool in turn: "before" (when given), "imgmirror",
+    then skopeo (unless --skip-skopeo; on set b only --meta-skopeo-runs times)."""
+    images = desc["images"]
+    manifest = write_manifest(kind, desc, proxy.host, run_dir)
     layer_set = layer_digests(desc)
     expected = desc["blobs"]
-    res = {"imgmirror": [], "skopeo": []}
-    sk_runs = args.runs if kind == "a" else min(args.runs, args.meta_skopeo_runs)
+    res: dict[str, list] = {"imgmirror": [], "skopeo": [], "before": []}
+    sk_runs = 0 if args.skip_skopeo else args.runs if kind == "a" else min(args.runs, args.meta_skopeo_runs)
     for i in range(1, args.runs + 1):
-        proxy.take(timeout=2)
-        cpu0, pcpu0 = process_cpu(reg.process.pid), proxy.cpu()
-        r = bs.run_imgmirror(imgmirror, manifest, run_dir / f"{kind}-imgmirror-{i}", args.timeout)
-        t1 = time.time()
-        t0 = t1 - r["proc"].wall   # the process's own start (run_imgmirror first empties its directory)
-        r["registry_cpu"], r["proxy_cpu"] = process_cpu(reg.process.pid) - cpu0, proxy.cpu() - pcpu0
-        r["wan"] = analyse(proxy.take(), t0, t1, layer_set, args.rtt)
-        if i == 1 and bs.tar_blobs(r["tar"]) != expected:
-            raise RuntimeError(f"set {kind}: imgmirror's bundle does not hold exactly the blobs of the set")
-        shutil.rmtree(r["tar"].parent, ignore_errors=True)
-        log(f"set {kind} run {i}: imgmirror {r['proc'].wall:.2f} s, {r['wan']['requests']} requests, "
-            f"{r['wan']['connections']} connections (peak {r['wan']['peak_connections']})")
-        res["imgmirror"].append(r)
+        for name, exe in tools.items():
+            proxy.take(timeout=2)
+            cpu0, pcpu0 = process_cpu(reg.process.pid), proxy.cpu()
+            r = bs.run_imgmirror(exe, manifest, run_dir / f"{kind}-{name}-{i}", args.timeout)
+            t1 = time.time()
+            t0 = t1 - r["proc"].wall   # the process's own start (run_imgmirror first empties its directory)
+            r["registry_cpu"], r["proxy_cpu"] = process_cpu(reg.process.pid) - cpu0, proxy.cpu() - pcpu0
+            r["wan"] = analyse(proxy.take(), t0, t1, layer_set, args.rtt)
+            if i == 1 and bs.tar_blobs(r["tar"]) != expected:
+                raise RuntimeError(f"set {kind}: {name}'s bundle does not hold exactly the blobs of the set")
+            shutil.rmtree(r["tar"].parent, ignore_errors=True)
+            log(f"set {kind} run {i}: {name:9} {r['proc'].wall:.2f} s, {r['wan']['requests']} requests, "
+                f"{r['wan']['connections']} connections (peak {r['wan']['peak_connections']})")
+            res[name].append(r)
         if i > sk_runs:
             continue
         cpu0, pcpu0 = process_cpu(reg.process.pid), proxy.cpu()
@@ -368,10 +400,131 @@ def run_set(kind: str, desc: dict, imgmirror: str, proxy: ProxyProcess, reg, run
         if i == 1 and bs.tar_blobs(s["tar"]) != expected:
             raise RuntimeError(f"set {kind}: skopeo's layout does not hold exactly the blobs of the set")
         shutil.rmtree(s["tar"].parent, ignore_errors=True)
-        log(f"set {kind} run {i}: skopeo   {s['wall']:.2f} s, {s['wan']['requests']} requests, "
+        log(f"set {kind} run {i}: skopeo    {s['wall']:.2f} s, {s['wan']['requests']} requests, "
             f"{s['wan']['connections']} connections (+{s['wan']['tls_probes']} TLS probes)")
         res["skopeo"].append(s)
     return res
+
+
+# --------------------------------------------------------------------------------------------
+# sync --to: set b pushed into a second registry behind a second proxy
+# --------------------------------------------------------------------------------------------
+
+ACCEPT_MANIFESTS = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
+
+
+def heads(w: dict) -> int:
+    return sum(n for k, n in w["kinds"].items() if k.startswith("HEAD "))
+
+
+def sync_to_once(exe: str, manifest: Path, dest: str, work: Path, n_images: int, proxies: dict,
+                 layer_set: set[str], case: str, args) -> dict:
+    """One `imgmirror sync MANIFEST --to DEST --cache WORK/cache`: wall time, and what each proxy
+    (source, destination) saw of it.  The cache is whatever WORK holds (empty for a cold run)."""
+    for px in proxies.values():
+        px.take(timeout=2)
+    os.sync()
+    report = work / f"report-{case}.json"
+    p = bs.run_measured([exe, "sync", str(manifest), "--to", dest, "--cache", str(work / "cache"),
+                         "--no-progress", "--report", str(report)], work / "imgmirror.log", args.timeout)
+    t1 = time.time()
+    t0 = t1 - p.wall
+    rep = json.loads(report.read_text())
+    t, pt = rep["totals"], (rep.get("push") or {}).get("totals", {})
+    if (t["failed"] or t["ok"] != n_images or t.get("failed_pushes") or pt.get("failed")
+            or pt.get("ok", n_images) != n_images):
+        raise RuntimeError(f"sync --to {dest} ({case}): not every image ok: totals {t}, push {pt}; "
+                           f"see {work}/imgmirror.log")
+    out = {"proc": p, "wall": p.wall}
+    for side, px in proxies.items():
+        out[side] = analyse(px.take(), t0, t1, layer_set, args.rtt)
+    firsts = [out[side]["t_first_conn"] for side in proxies if "t_first_conn" in out[side]]
+    out["startup"] = min(firsts) if firsts else None
+    # The HEADs' own time: each side's HEADs spread over that side's connections, one RTT each.
+    own = [math.ceil(heads(out[side]) / out[side]["peak_connections"]) * args.rtt
+           for side in proxies if out[side]["peak_connections"]]
+    out["heads_own"] = max(own, default=0.0)
+    if out["startup"] is not None:
+        out["excess_rtts"] = (p.wall - out["startup"] - out["heads_own"]) / args.rtt
+    return out
+
+
+def verify_destination(desc: dict, registry: str, prefix: str) -> None:
+    """Every image of the set in the destination registry (asked directly, not through the
+    proxy) at the set's digest."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def one(img: dict) -> str | None:
+        url = f"http://{registry}/v2/{prefix}/{img['repo']}/manifests/{img['tag']}"
+        req = urllib.request.Request(url, method="HEAD", headers={"Accept": ACCEPT_MANIFESTS})
+        try:
+            with opener.open(req, timeout=30) as resp:
+                got = resp.headers.get("Docker-Content-Digest")
+        except urllib.error.HTTPError as exc:
+            return f"{prefix}/{img['repo']}:{img['tag']}: HTTP {exc.code}"
+        return None if got == img["digest"] else f"{prefix}/{img['repo']}:{img['tag']}: {got}, not {img['digest']}"
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        bad = [e for e in pool.map(one, desc["images"]) if e]
+    if bad:
+        raise RuntimeError(f"sync --to: {len(bad)} of {len(desc['images'])} images not in the destination at the "
+                           f"set's digest, e.g. {'; '.join(bad[:3])}")
+    log(f"sync --to: all {len(desc['images'])} images in the destination under {prefix}/ at the set's digests")
+
+
+def run_sync_to(desc: dict, tools: dict[str, str], src_proxy: ProxyProcess, dst_proxy: ProxyProcess,
+                dst_reg, run_dir: Path, args) -> dict:
+    """Set b with `sync --to`: for each run and tool, cold (empty cache, new destination prefix
+    run-I-TOOL) then no-op (the same command again)."""
+    manifest = run_dir / "mirror-b.yaml"
+    layer_set = layer_digests(desc)
+    proxies = {"src": src_proxy, "dst": dst_proxy}
+    n = len(desc["images"])
+    res: dict[str, dict[str, list]] = {name: {"cold": [], "noop": []} for name in tools}
+    for i in range(1, args.runs + 1):
+        for name, exe in tools.items():
+            label = "after" if name == "imgmirror" else name
+            prefix = f"run-{i}-{label}"
+            dest = f"{dst_proxy.host}/{prefix}"
+            work = bs.fresh(run_dir / f"to-{name}-{i}")
+            for case in ("cold", "noop"):
+                r = sync_to_once(exe, manifest, dest, work, n, proxies, layer_set, case, args)
+                if case == "cold" and i == 1 and name == "imgmirror":
+                    verify_destination(desc, dst_reg.host, prefix)
+                excess = f"{r['excess_rtts']:.1f}" if "excess_rtts" in r else "–"
+                log(f"sync --to run {i}: {name:9} {case:4} {r['wall']:.2f} s, source {r['src']['requests']} / "
+                    f"destination {r['dst']['requests']} requests, HEADs {heads(r['src'])} / {heads(r['dst'])}, "
+                    f"start-up {r['startup'] or 0:.2f} s, excess {excess} RTTs")
+                res[name][case].append(r)
+            shutil.rmtree(work, ignore_errors=True)
+    return res
+
+
+def make_before(rev: str, wan_dir: Path) -> tuple[str, str]:
+    """--before-rev: `git archive REV mirror` under wan_dir/before-REV/, compiled, and a wrapper
+    that runs its mirror.cli:main with this Python.  Returns (executable, short commit)."""
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", f"{rev}^{{commit}}"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+    except subprocess.CalledProcessError as exc:
+        raise SystemExit(f"--before-rev {rev}: {exc.stderr.strip()}") from None
+    safe = "".join(c if c.isalnum() or c in "-_.~^" else "_" for c in rev)
+    tree = wan_dir / f"before-{safe}"
+    shutil.rmtree(tree, ignore_errors=True)
+    tree.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "mirror"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    # Bytecode as an install has it (PYTHONDONTWRITEBYTECODE=1 here would leave start-up inflated).
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "mirror")], check=True,
+                   stdout=subprocess.DEVNULL)
+    # mirror.cli:main (pyproject's console script) returns the exit code; argparse's own exits
+    # raise SystemExit, which passes through sys.exit() unchanged.
+    code = f"import sys; sys.path.insert(0, {str(tree)!r}); from mirror.cli import main; sys.exit(main())"
+    exe = tree / "imgmirror"
+    exe.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -c {shlex.quote(code)} "$@"\n')
+    exe.chmod(0o755)
+    log(f"--before-rev {rev}: commit {commit}, extracted and compiled in {tree}")
+    return str(exe), commit
 
 
 def layer_digests(desc: dict) -> set[str]:
@@ -399,15 +552,34 @@ def series(xs: list[float], digits: int = 0) -> str:
     return " ".join(f"{x:.{digits}f}" for x in xs)
 
 
+def wall_of(r: dict) -> float:
+    return r["proc"].wall if "proc" in r else r["wall"]
+
+
+def kinds_cell(w: dict | None, k: str) -> str:
+    """A request kind's count in one run, non-2xx statuses in brackets."""
+    if w is None:
+        return "–"
+    n = w["kinds"].get(k, 0)
+    bad = {s: c for (kk, s), c in w["statuses"].items() if kk == k}
+    extra = "".join(f" ({c}x {s})" for s, c in sorted(bad.items()))
+    return f"{n}{extra}" if n else "–"
+
+
 def render(m: dict, sets: dict, res: dict, args) -> str:
     link = args.link_rate * 1e6
+    has_before = bool(res.get("before"))
+    before_what = ""
+    if has_before:
+        rev = f", commit {res['before_commit']} (`--before-rev {args.before_rev}`)" if res.get("before_commit") else ""
+        before_what = f"; \"before\" is earlier code: `{res['before']}`{rev}"
     lines = [
         f"## imgmirror and skopeo over a WAN, RTT {args.rtt * 1000:g} ms, {args.conn_rate:g} MB/s per connection, "
         f"{args.link_rate:g} MB/s link ({res['date']})",
         "",
         f"- Machine: {m['nproc']} CPUs ({m['cpu']}), {m['mem_gib']:.1f} GiB RAM, Linux {m['kernel']}; "
         f"Python {m['python']}, imgmirror {m['imgmirror']}, skopeo {m['skopeo']}, "
-        f"docker-registry (distribution) {m['registry']}.",
+        f"docker-registry (distribution) {m['registry']}{before_what}.",
         f"- Link: benchmarks/wanproxy.py between the tools and a local `docker-registry`: {args.rtt * 1000:g} ms "
         f"per request/response, {args.handshake_rtts:g} RTTs more per new connection (TCP + TLS), each "
         f"connection paced to {args.conn_rate:g} MB/s and all together to {args.link_rate:g} MB/s "
@@ -427,48 +599,76 @@ def render(m: dict, sets: dict, res: dict, args) -> str:
                     f"a {META_BASE // 1024} KiB base layer per repository and a {META_OWN[0] // 1024}-"
                     f"{META_OWN[1] // 1024} KiB layer per image), {len(d['blobs'])} unique blobs, {bs.mib(unique)}")
         lines.append(f"- Set {what}; link floor {unique / link:.2f} s.")
+    order = "imgmirror (before), imgmirror, skopeo" if has_before else "imgmirror, skopeo"
+    skopeo_what = ("skopeo left out (`--skip-skopeo`)" if args.skip_skopeo else
+                   f"skopeo `copy --all --preserve-digests` one image after another into one OCI layout, then "
+                   f"`tar -cf`; skopeo on set b {min(args.runs, args.meta_skopeo_runs)} run(s) (150 processes)")
     lines += [
-        f"- Runs alternate (imgmirror, skopeo, ...), every one cold (empty cache, no output): imgmirror with its "
-        f"defaults (8 parallel transfers), skopeo `copy --all --preserve-digests` one image after another into "
-        f"one OCI layout, then `tar -cf`; {args.runs} runs of each, skopeo on set b "
-        f"{min(args.runs, args.meta_skopeo_runs)} (150 processes). Wall time around the whole job.",
+        f"- Runs alternate ({order}, ...), every one cold (empty cache, no output): imgmirror with its "
+        f"defaults (8 parallel transfers), {args.runs} runs of each; {skopeo_what}. Wall time around the whole job.",
         "",
         "| set | tool | median wall (s) | each run (s) | link floor (s) | wall / floor | requests | "
         "connections (peak at once) | requests x RTT / peak connections (s) |",
         "|---|---|---:|---|---:|---:|---:|---:|---:|",
     ]
-    summary = {}
+    tools = ("imgmirror", "before", "skopeo") if has_before else ("imgmirror", "skopeo")
+    summary: dict = {}
     for kind in ("a", "b"):
         d = sets[kind]
         floor = sum(d["blobs"].values()) / link
-        for tool in ("imgmirror", "skopeo"):
+        for tool in tools:
             rs = res[kind][tool]
-            walls = [r["proc"].wall if tool == "imgmirror" else r["wall"] for r in rs]
+            label = {"imgmirror": "`imgmirror sync`", "before": "`imgmirror sync` (before)",
+                     "skopeo": f"`skopeo copy` x{len(d['images'])} + `tar -cf`"}[tool]
+            if not rs:
+                lines.append(f"| {kind} | {label} | – | – | {floor:.2f} | – | – | – | – |")
+                continue
+            walls = [wall_of(r) for r in rs]
             med = statistics.median(walls)
             w = rs[0]["wan"]
             summary[(kind, tool)] = med
-            label = "`imgmirror sync`" if tool == "imgmirror" else f"`skopeo copy` x{len(d['images'])} + `tar -cf`"
             est = f"{w['estimate']:.2f}" if w["estimate"] else "–"
             lines.append(f"| {kind} | {label} | {med:.2f} | {fmt_s(walls)} | {floor:.2f} | {med / floor:.2f} | "
                          f"{w['requests']} | {w['connections']} ({w['peak_connections']}) | {est} |")
     fa = sum(sets["a"]["blobs"].values()) / link
     ia, ib = summary[("a", "imgmirror")], summary[("b", "imgmirror")]
     est_b = statistics.median(r["wan"]["estimate"] for r in res["b"]["imgmirror"])
+    # The same run less its start-up (process start to its first connection): the part the estimate models.
+    net_b = statistics.median(r["proc"].wall - r["wan"]["t_first_conn"] for r in res["b"]["imgmirror"])
     min_req_b = len(sets["b"]["blobs"])
     v = statistics.median(res["version"])
 
     def verdict(ok: bool) -> str:
         return "met" if ok else "not met"
 
+    if args.skip_skopeo:
+        vs_skopeo = "**imgmirror / skopeo: skipped (`--skip-skopeo`).**"
+    else:
+        vs_skopeo = (f"**imgmirror / skopeo (median wall): set a {ia / summary[('a', 'skopeo')]:.2f}, set b "
+                     f"{ib / summary[('b', 'skopeo')]:.2f}.**")
+    vs_before = ""
+    if has_before:
+        def ratio(kind: str, key: str) -> str:
+            a, b = res[kind]["imgmirror"][0]["wan"][key], res[kind]["before"][0]["wan"][key]
+            return f"{a / b:.2f}" if b else "–"
+        vs_before = (f" **imgmirror / before (median wall): set a {ia / summary[('a', 'before')]:.2f}, set b "
+                     f"{ib / summary[('b', 'before')]:.2f}**; requests {ratio('a', 'requests')} and "
+                     f"{ratio('b', 'requests')}, connections {ratio('a', 'connections')} and "
+                     f"{ratio('b', 'connections')} (first runs, a and b).")
+    version_before = (f"; before's {statistics.median(res['version_before']):.2f} s"
+                      if res.get("version_before") else "")
+    to_summary = render_to_summary(sets["b"], res, args) if "to" in res else ""
     lines += [
         "",
-        f"**imgmirror / skopeo (median wall): set a {ia / summary[('a', 'skopeo')]:.2f}, set b "
-        f"{ib / summary[('b', 'skopeo')]:.2f}.** Targets: cold sync within 1.05x of the link floor: "
+        f"{vs_skopeo}{vs_before} Targets: cold sync within 1.05x of the link floor: "
         f"{ia / fa:.2f}x on set a ({verdict(ia <= 1.05 * fa)}); cold metadata-bound run within 1.2x of "
-        f"requests x RTT / connections: {ib:.2f} s against {est_b:.2f} s ({ib / est_b:.2f}x, "
-        f"{verdict(ib <= 1.2 * est_b)}; with the {min_req_b} requests the set needs at least, one per manifest "
-        f"and blob, over 8 connections: {min_req_b * args.rtt / 8:.2f} s); `imgmirror --version` "
-        f"{v:.2f} s, median of 5 ({fmt_s(res['version'])}; {verdict(v < 0.2)}, target under 0.2 s).",
+        f"requests x RTT / connections: wall {ib:.2f} s against {est_b:.2f} s ({ib / est_b:.2f}x, "
+        f"{verdict(ib <= 1.2 * est_b)}), wall minus start-up (process start to its first connection) "
+        f"{net_b:.2f} s against the same {est_b:.2f} s ({net_b / est_b:.2f}x, {verdict(net_b <= 1.2 * est_b)}); "
+        f"with the {min_req_b} requests the set needs at least, one per manifest "
+        f"and blob, over 8 connections: {min_req_b * args.rtt / 8:.2f} s; `imgmirror --version` "
+        f"{v:.2f} s, median of 5 ({fmt_s(res['version'])}; {verdict(v < 0.2)}, target under 0.2 s{version_before})."
+        f"{to_summary}",
         "",
         "Where imgmirror's time goes (its median run on each set; seconds from the process start, from the proxy's log):",
         "",
@@ -503,43 +703,142 @@ def render(m: dict, sets: dict, res: dict, args) -> str:
         w = median_run(kind)
         lines.append(f"- set {kind}, requests in flight: {series(w['inflight'])}")
         lines.append(f"- set {kind}, MB/s delivered: {series(w['rate'])}")
-    # Request mix, set b (and a), first run of each tool.
-    all_kinds = sorted({k for kind in ("a", "b") for tool in ("imgmirror", "skopeo")
-                        for k in res[kind][tool][0]["wan"]["kinds"]})
-    lines += ["", "| requests through the proxy (first run) | imgmirror a | skopeo a | imgmirror b | skopeo b |",
-              "|---|---:|---:|---:|---:|"]
+    # Request mix, first run of each tool.
+    mix_tools = ("imgmirror", "before", "skopeo") if has_before else ("imgmirror", "skopeo")
+    first = {(kind, tool): (res[kind][tool][0]["wan"] if res[kind][tool] else None)
+             for kind in ("a", "b") for tool in mix_tools}
+    heads_ = [f"{'imgmirror (before)' if tool == 'before' else tool} {kind}" for kind in ("a", "b") for tool in mix_tools]
+    all_kinds = sorted({k for w in first.values() if w for k in w["kinds"]})
+    lines += ["", "| requests through the proxy (first run) | " + " | ".join(heads_) + " |",
+              "|---|" + "---:|" * len(heads_)]
     for k in all_kinds:
-        cells = []
-        for kind in ("a", "b"):
-            for tool in ("imgmirror", "skopeo"):
-                w = res[kind][tool][0]["wan"]
-                n = w["kinds"].get(k, 0)
-                bad = {s: c for (kk, s), c in w["statuses"].items() if kk == k}
-                extra = "".join(f" ({c}x {s})" for s, c in sorted(bad.items()))
-                cells.append(f"{n}{extra}" if n else "–")
-        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+        lines.append(f"| {k} | " + " | ".join(kinds_cell(first[(kind, tool)], k)
+                                             for kind in ("a", "b") for tool in mix_tools) + " |")
     cells = []
     for kind in ("a", "b"):
-        for tool in ("imgmirror", "skopeo"):
-            w = res[kind][tool][0]["wan"]
-            cells.append(f"{w['requests']} / {w['connections']} / {w['tls_probes']}")
+        for tool in mix_tools:
+            w = first[(kind, tool)]
+            cells.append(f"{w['requests']} / {w['connections']} / {w['tls_probes']}" if w else "–")
     lines.append("| all / connections / TLS probes | " + " | ".join(cells) + " |")
     cpu = []
     for kind in ("a", "b"):
-        for tool in ("imgmirror", "skopeo"):
+        for tool in mix_tools:
             rs = res[kind][tool]
-            tool_cpu = statistics.median(r["proc"].cpu if tool == "imgmirror" else r["cpu"] for r in rs)
-            cpu.append(f"{kind} {tool} {tool_cpu:.2f} / {statistics.median(r['registry_cpu'] for r in rs):.2f} / "
+            if not rs:
+                continue
+            tool_cpu = statistics.median(r["proc"].cpu if "proc" in r else r["cpu"] for r in rs)
+            name = "imgmirror (before)" if tool == "before" else tool
+            cpu.append(f"{kind} {name} {tool_cpu:.2f} / {statistics.median(r['registry_cpu'] for r in rs):.2f} / "
                        f"{statistics.median(r['proxy_cpu'] for r in rs):.2f}")
     lines += [
         "",
         "A status in brackets is one other than 2xx. A TLS probe is skopeo trying HTTPS first (the proxy closes it at "
         "once, free). CPU seconds, median, tool / registry / proxy: " + "; ".join(cpu) + ".",
+    ]
+    if "to" in res:
+        lines += render_to(sets["b"], res, args)
+    push_s = res["push_seconds"]
+    sets_how = "reused from benchmarks/work/wan" if push_s is None else f"pushed in {push_s:.0f} s"
+    lines += [
         "",
-        f"Sets {'reused from benchmarks/work/wan' if res['push_seconds'] is None else 'pushed in %.0f s' % res['push_seconds']}; "
+        f"Sets {sets_how}; "
         f"the whole benchmark took {res['total_seconds']:.0f} s. Command: `{res['command']}`.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def to_figures(rs: list[dict], n_images: int) -> dict:
+    """A tool's sync --to runs of one case (cold or no-op): median wall; request counts of its first
+    run; start-up, HEADs' own time and excess of its median run by excess (so that they add up)."""
+    w0 = rs[0]
+    with_ex = sorted((r for r in rs if "excess_rtts" in r), key=lambda r: r["excess_rtts"])
+    mid = with_ex[(len(with_ex) - 1) // 2] if with_ex else None
+    return {"walls": [r["wall"] for r in rs], "wall": statistics.median(r["wall"] for r in rs),
+            "src": w0["src"]["requests"], "dst": w0["dst"]["requests"], "per_image": w0["dst"]["requests"] / n_images,
+            "heads": (heads(w0["src"]), heads(w0["dst"])),
+            "peaks": (w0["src"]["peak_connections"], w0["dst"]["peak_connections"]),
+            "mid_wall": mid["wall"] if mid else None, "startup": mid["startup"] if mid else None,
+            "heads_own": mid["heads_own"] if mid else None, "excess": mid["excess_rtts"] if mid else None}
+
+
+def render_to_summary(desc: dict, res: dict, args) -> str:
+    n = len(desc["images"])
+    to = res["to"]
+    cold = to_figures(to["imgmirror"]["cold"], n)
+    noop = to_figures(to["imgmirror"]["noop"], n)
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "not met"
+
+    parts = []
+    if "before" in to:
+        bc = to_figures(to["before"]["cold"], n)
+        bn = to_figures(to["before"]["noop"], n)
+        parts.append(f"`sync --to` on set b, imgmirror / before (median wall): cold {cold['wall'] / bc['wall']:.2f}, "
+                     f"no-op {noop['wall'] / bn['wall']:.2f}; cold under half of before's: {cold['wall']:.2f} s against "
+                     f"{bc['wall']:.2f} s ({verdict(cold['wall'] < 0.5 * bc['wall'])})")
+    if noop["excess"] is not None:
+        parts.append(f"`sync --to` no-op within 2 round trips of its HEADs' own time (its median run): wall "
+                     f"{noop['mid_wall']:.2f} s less "
+                     f"start-up {noop['startup']:.2f} s less the HEADs' own {noop['heads_own']:.2f} s = {noop['excess']:.1f} RTTs "
+                     f"({verdict(noop['excess'] <= 2)})")
+    parts.append(f"destination requests per new small image 7 or fewer: {cold['per_image']:.2f} "
+                 f"({cold['dst']} for {n}; {verdict(cold['per_image'] <= 7)})")
+    return " " + "; ".join(parts) + "."
+
+
+def render_to(desc: dict, res: dict, args) -> list[str]:
+    n = len(desc["images"])
+    to = res["to"]
+    tools = ("before", "imgmirror") if "before" in to else ("imgmirror",)
+    lines = [
+        "",
+        f"`sync --to`, set b: `imgmirror sync mirror-b.yaml --to DEST/run-I-TOOL --cache EMPTY --no-progress "
+        f"--report R.json` into a second, empty `docker-registry` behind a second wanproxy (same link), then the "
+        f"same command again (no-op: same cache, same destination); {args.runs} run(s) of each, alternating "
+        f"({', '.join('before' if t == 'before' else 'imgmirror' for t in tools)}). Requests: the first run's, "
+        f"at the source's proxy and the destination's. HEADs' own time: the larger over the two sides of "
+        f"ceil(HEADs / peak connections) x RTT. Excess: wall minus start-up (process start to its first "
+        f"connection at either proxy) minus the HEADs' own time, in RTTs; start-up, HEADs' own time and excess "
+        f"are those of the run with the median excess.",
+        "",
+        "| sync --to, set b | tool | median wall (s) | each run (s) | source requests | destination requests | "
+        "destination requests per image | HEADs, source / destination (peak connections) | start-up (s) | "
+        "HEADs' own time (s) | excess (RTTs) |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for case, label in (("cold", "cold"), ("noop", "no-op")):
+        for tool in tools:
+            f = to_figures(to[tool][case], n)
+            name = "imgmirror (before)" if tool == "before" else "imgmirror"
+            own = f"{f['heads_own']:.2f}" if case == "noop" and f["heads_own"] is not None else "–"
+            ex = f"{f['excess']:.1f}" if case == "noop" and f["excess"] is not None else "–"
+            st = f"{f['startup']:.2f}" if f["startup"] is not None else "–"
+            lines.append(f"| {label} | {name} | {f['wall']:.2f} | {fmt_s(f['walls'])} | {f['src']} | {f['dst']} | "
+                         f"{f['per_image']:.2f} | {f['heads'][0]} / {f['heads'][1]} ({f['peaks'][0]} / {f['peaks'][1]}) | "
+                         f"{st} | {own} | {ex} |")
+    cols = [(tool, case, side) for tool in tools for case in ("cold", "noop") for side in ("dst", "src")]
+    heads_ = [f"{'before' if tool == 'before' else 'imgmirror'} {'cold' if case == 'cold' else 'no-op'}, "
+              f"{'destination' if side == 'dst' else 'source'}" for tool, case, side in cols]
+    first = {c: to[c[0]][c[1]][0][c[2]] for c in cols}
+    all_kinds = sorted({k for w in first.values() for k in w["kinds"]})
+    lines += ["", "| requests of `sync --to` (first run) | " + " | ".join(heads_) + " |",
+              "|---|" + "---:|" * len(cols)]
+    for k in all_kinds:
+        lines.append(f"| {k} | " + " | ".join(kinds_cell(first[c], k) for c in cols) + " |")
+    lines.append("| all / connections | " + " | ".join(f"{first[c]['requests']} / {first[c]['connections']}"
+                                                      for c in cols) + " |")
+    phases = []
+    for tool in tools:
+        for case in ("cold", "noop"):
+            r = to[tool][case][0]
+            sides = [f"{'source' if side == 'src' else 'destination'} {r[side]['t_first_conn']:.2f}-"
+                     f"{r[side]['t_last_byte']:.2f}" for side in ("src", "dst") if "t_first_conn" in r[side]]
+            phases.append(f"{'before' if tool == 'before' else 'imgmirror'} {'cold' if case == 'cold' else 'no-op'}: "
+                          f"{', '.join(sides)}, exit {r['wall']:.2f}")
+    lines += ["", "Phases of the first runs, seconds from the process start (first connection to last answer "
+              "byte at each proxy): " + "; ".join(phases) + "."]
+    return lines
 
 
 # --------------------------------------------------------------------------------------------
@@ -556,12 +855,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--link-rate", type=float, default=60.0, help="MB/s of the link, all connections (60)")
     ap.add_argument("--handshake-rtts", type=float, default=2.0, help="RTTs per new connection, TCP + TLS (2)")
     ap.add_argument("--imgmirror", help="the imgmirror executable (default: the one next to this Python)")
+    ap.add_argument("--before", metavar="EXE",
+                    help="an imgmirror executable of earlier code, run in turn with --imgmirror and reported beside it")
+    ap.add_argument("--before-rev", metavar="REV",
+                    help="make --before from a git revision: `git archive REV mirror` under WORK/wan/before-REV/")
+    ap.add_argument("--skip-skopeo", action="store_true", help="leave skopeo out (quick trials)")
     ap.add_argument("--out", type=Path, help="markdown file to write the results into (default: print only)")
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work", help="scratch directory")
     ap.add_argument("--timeout", type=float, default=600, help="seconds allowed to any one process")
     args = ap.parse_args(argv)
     if args.scale <= 0 or args.runs < 1 or args.meta_skopeo_runs < 1:
         ap.error("--scale must be > 0, --runs and --meta-skopeo-runs >= 1")
+    if args.before and args.before_rev:
+        ap.error("--before and --before-rev: give one")
     if missing_tools():
         print(f"missing {', '.join(missing_tools())}: apt-get install docker-registry skopeo", file=sys.stderr)
         return 2
@@ -570,29 +876,48 @@ def main(argv: list[str] | None = None) -> int:
     if not imgmirror:
         print("imgmirror is not installed in this environment (pip install -e .)", file=sys.stderr)
         return 2
+    if args.before and not (shutil.which(args.before) or os.access(args.before, os.X_OK)):
+        print(f"--before {args.before}: not an executable", file=sys.stderr)
+        return 2
 
     started = time.perf_counter()
     wan_dir = args.work / "wan"
+    before, before_commit = args.before, None
+    if args.before_rev:
+        before, before_commit = make_before(args.before_rev, wan_dir)
+    tools = {"before": before, "imgmirror": imgmirror} if before else {"imgmirror": imgmirror}
     layout_a, desc_a = bs.build_set(args.scale, wan_dir / "sets-a")
     layout_b, desc_b = build_meta_set(wan_dir / "sets-b")
     reg, push_seconds = registry_with_sets(wan_dir, [(layout_a, desc_a, "a"), (layout_b, desc_b, "b")])
     run_dir = wan_dir / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
-    proxy = None
+    proxy = dst_proxy = dst_reg = None
     try:
         bs.warm_page_cache(reg.storage_dir)
         proxy = ProxyProcess(reg.host, run_dir / "proxy.jsonl", args)
         log(f"proxy on {proxy.host} -> registry {reg.host}")
         res: dict = {"date": dt.date.today().isoformat(), "push_seconds": push_seconds,
-                     "command": " ".join([".venv/bin/python benchmarks/bench_wan.py", *(argv or sys.argv[1:])])}
-        res["a"] = run_set("a", desc_a, imgmirror, proxy, reg, run_dir, args)
-        res["b"] = run_set("b", desc_b, imgmirror, proxy, reg, run_dir, args)
+                     "command": " ".join([".venv/bin/python benchmarks/bench_wan.py", *(argv or sys.argv[1:])]),
+                     "before": before, "before_commit": before_commit}
+        res["a"] = run_set("a", desc_a, tools, proxy, reg, run_dir, args)
+        res["b"] = run_set("b", desc_b, tools, proxy, reg, run_dir, args)
+        # sync --to: a second, empty registry (the destination) behind its own proxy.
+        dst_reg = start_registry(run_dir / "dest-registry")
+        dst_proxy = ProxyProcess(dst_reg.host, run_dir / "proxy-dest.jsonl", args)
+        log(f"destination proxy on {dst_proxy.host} -> registry {dst_reg.host}")
+        res["to"] = run_sync_to(desc_b, tools, proxy, dst_proxy, dst_reg, run_dir, args)
         res["version"] = time_version(imgmirror)
         log(f"imgmirror --version: {fmt_s(res['version'])} s")
+        if before:
+            res["version_before"] = time_version(before)
+            log(f"before --version:    {fmt_s(res['version_before'])} s")
     finally:
-        if proxy:
-            proxy.stop()
+        for px in (proxy, dst_proxy):
+            if px:
+                px.stop()
+        if dst_reg:
+            dst_reg.stop()
         reg.stop()
     res["total_seconds"] = time.perf_counter() - started
     section = render(bs.machine_info(imgmirror), {"a": desc_a, "b": desc_b}, res, args)
