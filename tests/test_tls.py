@@ -61,3 +61,35 @@ def test_unreadable_ca_file(tls_registry, tmp_path, capsys):
     (tmp_path / "junk.pem").write_text("not a certificate\n")
     code, _, err = _sync(tmp_path, tls_registry, f"    ca_file: {tmp_path / 'junk.pem'}", capsys)
     assert code == 1 and "not a PEM certificate" in err
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_plain_http_registry_redirecting_to_https_verifies_with_the_system_cas(
+        tls_registry, registry, tmp_path, capsys, monkeypatch, trusted):
+    """Blobs of a plain-HTTP registry kept behind HTTPS (object storage): the redirect is
+    followed with the system's CAs (SSL_CERT_FILE stands for them here), and refused when they
+    do not trust the server. aiohttp's import-time default contexts are built without
+    certificates (registry.http), so this proves imgmirror verifies with its own."""
+    from faultproxy import FaultProxy
+    img = make_image([make_layer("tls", 2048)])          # the image tls_registry holds
+    push(img, registry.host, "test/tls", "1.0")
+    layer = img.layers[0].digest
+    front = FaultProxy(registry.url).start()
+    front.rule = lambda seen, n: (("redirect", f"https://{tls_registry.host}{seen.path}")
+                                  if seen.path.endswith(layer) and seen.method == "GET" else None)
+    if trusted:
+        monkeypatch.setenv("SSL_CERT_FILE", str(tls_registry.ca_file))
+    mark = tls_registry.mark()
+    try:
+        manifest = write_manifest(tmp_path / "m.yaml", f"version: 1\nregistries:\n  {front.host}: {{retries: 0}}\n"
+                                  f"images:\n  - {front.host}/test/tls:1.0\n")
+        code, _, err = run_cli("sync", manifest, "-o", tmp_path / "b.tar", "--cache", tmp_path / "c", capsys=capsys)
+    finally:
+        front.stop()
+    if trusted:
+        assert code == 0, err
+        assert layer in Bundle(tmp_path / "b.tar").blobs
+        assert [r.path for r in tls_registry.requests(since=mark)] == [f"/v2/test/tls/blobs/{layer}"]
+    else:
+        assert code == 1 and "certificate" in err.lower(), err
+        assert tls_registry.requests(since=mark) == []

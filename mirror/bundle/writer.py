@@ -129,7 +129,7 @@ def remove_stale_temps(target: Path) -> None:
 # The bundle is fsynced before it is renamed into place. On a virtual disk each fsync also
 # flushes the host's cache, about 0.5 s for a 500 MB tar; flushing in the background every
 # _FLUSH_STEP bytes while the tar grows leaves the final fsync almost nothing to do.
-_FLUSH_STEP = 64 << 20
+_FLUSH_STEP = 16 << 20
 COPY_CHUNK = 4 << 20
 
 

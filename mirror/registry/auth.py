@@ -9,7 +9,7 @@ import json
 import re
 import time
 
-import aiohttp
+from .http import aiohttp, default_context
 
 from ..errors import AuthError, TransientError
 
@@ -73,12 +73,12 @@ class Auth:
             if c and c.identity_token:
                 form = dict(query, grant_type="refresh_token", refresh_token=c.identity_token,
                             client_id="imgmirror", scope=" ".join(sorted(scopes)))
-                resp = await self.t.session.post(realm, data=form, ssl=self.t.ssl, timeout=self.t.timeout,
+                resp = await self.t.session.post(realm, data=form, ssl=self._ssl(realm), timeout=self.t.timeout,
                                                proxy=proxy_for(realm))
             else:
                 if c and c.password:
                     headers["Authorization"] = self._basic()
-                resp = await self.t.session.get(realm, params=query, headers=headers, ssl=self.t.ssl,
+                resp = await self.t.session.get(realm, params=query, headers=headers, ssl=self._ssl(realm),
                                               proxy=proxy_for(realm),
                                               timeout=self.t.timeout)
             async with resp:
@@ -108,6 +108,11 @@ class Auth:
         ttl = data.get("expires_in") or TOKEN_DEFAULT_TTL
         # Refresh a little early so a token does not expire between the check and the request.
         return token, time.monotonic() + max(1.0, float(ttl) - 10)
+
+    def _ssl(self, realm: str):
+        """The registry's TLS setting, or for an HTTPS token server of a plain-HTTP registry the
+        system's CAs."""
+        return self.t.ssl if self.t.ssl is not None or not realm.startswith("https:") else default_context()
 
     def learn(self, resp, sent_auth: str | None) -> bool:
         """Take the 401's challenge; True when a retry with (new) credentials makes sense."""

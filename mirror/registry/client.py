@@ -7,7 +7,7 @@ import json
 import concurrent.futures
 from urllib.parse import urljoin
 
-import aiohttp
+from .http import aiohttp
 
 from ..errors import DigestMismatchError, RegistryError, TransientError
 from ..core.oci import ACCEPT, Descriptor, sha256_digest
@@ -84,22 +84,35 @@ class Registry:
         follow the bytes as they land; `on_bytes(n)` counts them."""
         url = f"/v2/{repo}/blobs/{desc.digest}"
         what = f"blob {desc.digest} of {self.host}/{repo}"
-        async with self.t.lane(desc.size):
-            writer = store.begin(desc.digest, desc.size)
+        async with self.t.lane(desc.size) as held:
+            # the temp file is created off the event loop (a file creation costs ~0.5 ms here)
+            begin = asyncio.get_running_loop().run_in_executor(self.hashers, store.begin, desc.digest, desc.size)
+            try:
+                writer = await asyncio.shield(begin)
+            except asyncio.CancelledError:
+                begin.add_done_callback(lambda f: f.cancelled() or f.exception() or f.result().abort())
+                raise
             if on_start:
                 on_start(writer)
             try:
                 # One operation under the transport's retry policy: each attempt is one GET,
                 # a resumed one (Range) included, so N retries mean N+1 GETs at most.
-                await self.t.retrying(lambda: self._stream_into(url, repo, writer, what, on_bytes))
+                await self.t.retrying(lambda: self._stream_into(url, repo, writer, what, on_bytes, held))
                 await asyncio.to_thread(writer.commit)
             finally:
                 writer.abort()
 
-    async def _stream_into(self, url, repo, writer, what, on_bytes) -> None:
+    async def _stream_into(self, url, repo, writer, what, on_bytes, held=None) -> None:
         headers = {"Range": f"bytes={writer.size}-"} if writer.size else {}
+        clock = asyncio.get_running_loop().time
+        sent = clock()
         resp = await self.t.open("GET", url, scopes=_pull(repo), headers=headers, ok=(200, 206), what=what,
                                  retry=False)
+        # The round trip this request took, and when its body began: once the rest of the body
+        # will take less than that round trip, the lane slot is given back so the next blob is
+        # asked for while this one ends.
+        began = clock()
+        latency, got = began - sent, 0
         async with resp:
             if resp.status == 206:
                 start = resp.headers.get("Content-Range", "").removeprefix("bytes ").split("-")[0]
@@ -128,6 +141,14 @@ class Registry:
                 async for chunk in resp.content.iter_any():   # as received, no re-chunking copy
                     batch.append(chunk)
                     pending += len(chunk)
+                    got += len(chunk)
+                    if held is not None and writer.expected_size:
+                        # the rate is measured over at least one round trip of body
+                        elapsed = clock() - began
+                        left = writer.expected_size - writer.size - pending
+                        if elapsed > latency and left * elapsed <= latency * got:   # left / rate <= latency
+                            held.release()
+                            held = None
                     if pending >= CHUNK:
                         await flush()
                 await flush()

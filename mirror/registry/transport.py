@@ -20,9 +20,9 @@ import ssl
 import time
 import urllib.request
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
-import aiohttp
+from .http import aiohttp, default_context, unverified_context
 from tenacity import (AsyncRetrying, retry_if_exception_type, stop_after_attempt, stop_before_delay,
                       wait_random_exponential)
 
@@ -34,6 +34,7 @@ from ..core.reference import is_loopback
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 MAX_RETRY_AFTER = 60.0        # never sleep longer than this on one Retry-After
 MAX_TOTAL_WAIT = 300.0        # nor retry one request for longer than this in all
+MAX_REDIRECTS = 10
 SMALL_BLOB = 1 << 20          # a blob this size or smaller travels on the metadata lane
 METADATA_PER_TRANSFER = 4     # the metadata lane is this many times the transfer lane (8 -> 32)
 
@@ -112,13 +113,17 @@ class HostSettings:
             except (ssl.SSLError, OSError) as exc:
                 raise RegistryError(f"{self.host}: ca_file {self.ca_file} is not a PEM certificate "
                                     f"this machine can read ({exc.__class__.__name__})") from None
-        return False if self.insecure else True
+        return unverified_context() if self.insecure else default_context()
 
 
 class Slots:
     """A semaphore that admits its waiters largest first (by the size they name): the transfer
     lane hands a free slot to the biggest blob waiting, so the longest transfers start first and
-    the run does not end on one (longest-first is also the order the bundle is written in)."""
+    the run does not end on one (longest-first is also the order the bundle is written in).
+
+    A holder may give its slot back before it is done (`Held.release`): a download whose rest
+    will take less than a round trip lets the next one be asked for meanwhile, so the link does
+    not idle while a request travels."""
 
     def __init__(self, n: int):
         self.free = n
@@ -138,10 +143,11 @@ class Slots:
                 if fut.done() and not fut.cancelled():
                     self._release()        # granted, then cancelled before it ran: hand it on
                 raise
+        held = Held(self._release)
         try:
-            yield
+            yield held
         finally:
-            self._release()
+            held.release()
 
     def _release(self) -> None:
         while self.waiting:
@@ -150,6 +156,18 @@ class Slots:
                 fut.set_result(None)
                 return
         self.free += 1
+
+
+class Held:
+    """A lane slot being held; `release()` gives it back early (once; later calls do nothing)."""
+
+    def __init__(self, give_back=None):
+        self._give_back = give_back
+
+    def release(self) -> None:
+        give_back, self._give_back = self._give_back, None
+        if give_back:
+            give_back()
 
 
 class Transport:
@@ -177,8 +195,14 @@ class Transport:
         self.auth = Auth(self)
 
     def lane(self, size: int | None):
-        """The lane for a blob of `size` bytes (held around its whole transfer)."""
-        return self.meta if size is None or size <= SMALL_BLOB else self.transfers.slot(size)
+        """The lane for a blob of `size` bytes, held around its transfer: `async with
+        t.lane(n) as held`, where `held.release()` may give a transfer slot back early."""
+        return self._meta_slot() if size is None or size <= SMALL_BLOB else self.transfers.slot(size)
+
+    @contextlib.asynccontextmanager
+    async def _meta_slot(self):
+        async with self.meta:
+            yield Held()
 
     # --- requests -------------------------------------------------------------------------
     async def retrying(self, operation):
@@ -234,9 +258,7 @@ class Transport:
             if auth:
                 hdrs["Authorization"] = auth
             try:
-                resp = await self.session.request(method, full, headers=hdrs, ssl=self.ssl, proxy=self.proxy,
-                                                  timeout=self.timeout, allow_redirects=True,
-                                                  data=body() if body else None)
+                resp = await self._send(method, full, hdrs, body)
             except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError,
                     aiohttp.ClientOSError) as exc:
                 if self._may_fall_back and full.startswith(self.base):
@@ -264,6 +286,32 @@ class Transport:
         if resp.status in ok:
             return resp
         await self._raise_for(resp, method, full, what)
+
+    async def _send(self, method, full, hdrs, body):
+        if self.ssl is not None:
+            return await self.session.request(method, full, headers=hdrs, ssl=self.ssl, proxy=self.proxy,
+                                              timeout=self.timeout, allow_redirects=True,
+                                              data=body() if body else None)
+        # A plain-HTTP registry: a redirect (blobs kept in object storage) may lead to HTTPS,
+        # verified with the system's CAs (aiohttp's own default context is not loaded, see
+        # registry.http), so redirects are followed here.
+        resp = await self.session.request(method, full, headers=hdrs, proxy=self.proxy, timeout=self.timeout,
+                                          allow_redirects=False, data=body() if body else None)
+        for _ in range(MAX_REDIRECTS):
+            location = resp.headers.get("Location")
+            if resp.status not in (301, 302, 303, 307, 308) or not location:
+                return resp
+            target = urljoin(full, location)
+            resp.release()
+            if resp.status == 303 or (resp.status in (301, 302) and method not in ("GET", "HEAD")):
+                method, body = "GET", None
+            if urlsplit(target)[:2] != urlsplit(full)[:2]:     # another origin: no credentials
+                hdrs = {k: v for k, v in hdrs.items() if k.lower() != "authorization"}
+            full = target
+            resp = await self.session.request(
+                method, full, headers=hdrs, proxy=proxy_for(full), timeout=self.timeout, allow_redirects=False,
+                ssl=default_context() if full.startswith("https:") else None, data=body() if body else None)
+        raise RegistryError(f"{self.settings.host}: more than {MAX_REDIRECTS} redirects from {redact_url(full)}")
 
     def _https_hint(self) -> str:
         return (f"{self.settings.host}: the registry speaks HTTPS, not plain HTTP; give its CA as "
