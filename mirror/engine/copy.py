@@ -28,6 +28,8 @@ from ..core.plan import MAX_DEPTH
 from ..errors import MirrorError
 from .base_blobs import BaseBlobs
 
+UNASKED = 64 * 1024     # a blob this small is sent to a remote sink without a HEAD first
+
 
 @dataclass
 class Unit:
@@ -221,7 +223,7 @@ class Copier:
         if holder is None:
             self.holder[d] = holder = asyncio.get_running_loop().create_future()
             try:
-                if not self._surely_new(desc) and await self.sink.blob_exists(repo, d):
+                if not self._unasked(desc) and await self.sink.blob_exists(repo, d):
                     holder.set_result(repo)
                     return "existing"
                 if not self.dry_run:
@@ -251,11 +253,12 @@ class Copier:
         await self._send(repo, desc, location)
         return "uploaded"
 
-    def _surely_new(self, desc: Descriptor) -> bool:
-        """An image config at a sink where asking costs a round trip: sent without asking, since
-        a config is new with its image nearly always (the sink checks the digest all the same)."""
-        return getattr(self.sink, "remote", False) and desc.media_type in IMAGE_CONFIG_TYPES \
-            and self.source.has(desc.digest)
+    def _unasked(self, desc: Descriptor) -> bool:
+        """Sent without asking whether the sink has it, where asking costs a round trip: an image
+        config (new with its image nearly always) and any blob of at most UNASKED bytes (sending
+        it costs about what asking does). The sink checks the digest all the same."""
+        return getattr(self.sink, "remote", False) and self.source.has(desc.digest) and \
+            (desc.media_type in IMAGE_CONFIG_TYPES or desc.size <= UNASKED)
 
     async def _send(self, repo: str, desc: Descriptor, location: str | None = None) -> None:
         async with self._slot():
