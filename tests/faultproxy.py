@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -39,6 +40,8 @@ class Seen:
     query: str
     headers: dict
     action: object = None
+    t0: float = 0.0          # time.monotonic() when the request arrived
+    t1: float = 0.0          # when its answer was finished (0.0 until then)
 
 
 @dataclass
@@ -102,7 +105,13 @@ class FaultProxy:
                 k: v for k, v in up.headers.items() if k.lower() not in HOP_HEADERS})
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        seen = Seen(request.method, request.path, request.query_string, dict(request.headers))
+        seen = Seen(request.method, request.path, request.query_string, dict(request.headers), t0=time.monotonic())
+        try:
+            return await self._answer(request, seen)
+        finally:
+            seen.t1 = time.monotonic()
+
+    async def _answer(self, request: web.Request, seen: Seen) -> web.StreamResponse:
         index = len(self.seen)
         self.seen.append(seen)
         action = self.rule(seen, index) if self.rule else None

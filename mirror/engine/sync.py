@@ -153,6 +153,9 @@ class Syncer:
         self.progress.bytes_total(sum(desc.size for desc in missing.values()))
         for desc in sorted(missing.values(), key=lambda x: -x.size):
             self.fetcher.blob(it.reg, it.res.ref.repository, desc)
+        if self.pusher is not None:       # --to: is it there already? asked while it downloads
+            repo, tag, digest = self.pusher.dest.place(self.push_image(it))
+            self.pusher.up.ask_early(repo, tag or digest)
         self.copier.add(self.unit(it))
 
     async def _fetch_and_write(self, live: list[Item], items: list[Item], session) -> None:
@@ -213,6 +216,7 @@ class Syncer:
             await self.copier.cancel()
         if self.push_copier:
             await self.push_copier.cancel()
+            everything += self.pusher.up.drop_early()
         if self.source:
             everything += self.source.cancel()
         await asyncio.gather(*everything, return_exceptions=True)
@@ -251,7 +255,7 @@ class Syncer:
 
     def push(self, item: Item) -> None:
         """One image mirrored: its push begins (a failure to place it is its push report)."""
-        image = PushImage(item.res.name, item.res.top, item.res.target)
+        image = self.push_image(item)
         try:
             unit = self.pusher.place(image)
         except MirrorError as exc:
@@ -260,6 +264,9 @@ class Syncer:
             self.progress.image_done(f"{image.ref_name} -> (not placed)", False, str(exc))
             return
         self._push_of[id(item)] = self.push_copier.add(unit)
+
+    def push_image(self, item: Item) -> PushImage:
+        return PushImage(item.res.name, item.res.top, item.res.target)
 
     async def finish_push(self, items: list[Item], session) -> PushResult:
         """sync --to: every image pushed; reports in the order of the images."""

@@ -68,6 +68,7 @@ class Uploader:
         # a session and ignores the body, which is then sent again with the PUT: little lost),
         # and used for blobs up to SMALL_BLOB once it answered 201.
         self.monolithic: bool | None = None
+        self._early: dict[tuple[str, str], asyncio.Future] = {}
 
     async def blob_exists(self, repo: str, digest: str) -> bool:
         """HEAD the blob in `repo` (a 404 is an answer, not an error)."""
@@ -78,9 +79,28 @@ class Uploader:
         return resp.status == 200
 
     async def manifest_digest(self, repo: str, ref: str) -> str | None:
-        """The digest `repo:ref` has in the registry, or None if it has none."""
+        """The digest `repo:ref` has in the registry, or None if it has none (the answer of an
+        `ask_early` for it, once, if one was made)."""
+        early = self._early.pop((repo, ref), None)
+        if early is not None:
+            return await early
         there, digest = await head_manifest(self.t, repo, ref, _push(repo), missing_ok=True)
         return digest if there else None
+
+    def ask_early(self, repo: str, ref: str) -> None:
+        """Send the HEAD of `repo:ref` now, for the next `manifest_digest(repo, ref)` (sync --to
+        asks the destination about an image while its blobs are still downloading)."""
+        if (repo, ref) not in self._early:
+            fut = asyncio.ensure_future(self.manifest_digest(repo, ref))
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())   # retrieved later, or not
+            self._early[(repo, ref)] = fut
+
+    def drop_early(self) -> list[asyncio.Future]:
+        """Every early HEAD not taken yet, cancelled (the run stops); the futures, to await."""
+        futures, self._early = list(self._early.values()), {}
+        for f in futures:
+            f.cancel()
+        return futures
 
     async def mount(self, repo: str, digest: str, from_repo: str) -> str | None:
         """Cross-repository mount; None when mounted, else the Location of an open upload."""
