@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("manifest", help="the mirror.yaml to read")
     s.add_argument("-o", "--output", help="bundle path (a path ending in / or a directory: a layout directory)")
     s.add_argument("--cache", help="cache directory (default: cache: in the manifest, else $XDG_CACHE_HOME/imgmirror)")
-    s.add_argument("--jobs", type=int, help="parallel blob transfers in all (default: concurrency:, 8)")
+    s.add_argument("--jobs", type=int, help="blob transfers at once per registry host (default: concurrency:, 8)")
     s.add_argument("--dry-run", action="store_true", help="resolve and print the plan; download no blob")
     s.add_argument("--report", help="write a JSON report to this file")
     s.add_argument("--fail-fast", action="store_true", help="stop at the first failed image")
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--to", required=True, metavar="REGISTRY[/PREFIX]", help="the registry (and path prefix)")
     u.add_argument("--config", metavar="MIRROR.yaml", help="take the registry's settings and credentials "
                    "from the registries: section of this manifest")
-    u.add_argument("--jobs", type=int, default=8, help="parallel blob transfers (default 8)")
+    u.add_argument("--jobs", type=int, default=8, help="blob transfers at once (default 8)")
     u.add_argument("--insecure", action="store_true", help="HTTPS without verification, else plain HTTP")
     u.add_argument("--chunk-size", default="64M", metavar="SIZE",
                    help="upload blobs above SIZE in chunks (default 64M; K, M, G suffixes)")
