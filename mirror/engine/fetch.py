@@ -88,6 +88,17 @@ class RegistrySource(StoreSource):
                 return False
         return True
 
+    def landed(self, digest: str) -> bool | None:
+        """Whether `digest` is in the cache for good: True when this run's download of it ended
+        well, or there is none and the cache has it; False when its download failed; None while
+        it may still come (downloading, or not begun)."""
+        fut = self.fetcher.inflight.get(digest)
+        if fut is None:
+            return True if self.store.has(digest) else None
+        if not fut.done():
+            return None
+        return not fut.cancelled() and fut.exception() is None
+
     def fresh(self, digest: str) -> bool:
         """Downloaded and verified by this run (older cache entries are hashed again on the way)."""
         return digest in self.fetcher.fetched

@@ -73,9 +73,22 @@ class BundleOutput:
             sizes[self.expected_blob[0]] = self.expected_blob[1]
             needed_by[self.expected_blob[0]] = [it for it in items]
         run = asyncio.get_running_loop().run_in_executor
+        ready: list[tuple[str, bool]] = []     # blobs already in the cache, written in one go
+
+        def add_ready(batch: list[tuple[str, bool]]) -> None:
+            for digest, verify in batch:
+                writer.add_blob(self.store, digest, verify)
         for digest in blob_order(sizes):
             if all(it.report.status == "failed" for it in needed_by[digest]):
                 continue              # only failed images want it (blobs of images failing later stay)
+            landed = source.landed(digest)
+            if landed is not None:
+                if landed:
+                    ready.append((digest, not source.fresh(digest)))
+                continue
+            if ready:
+                batch, ready = ready, []
+                await run(self.ctx.tar, add_ready, batch)
             follower = await source.follow(digest)
             if follower is not None:
                 # False when the download failed: the tar is left as it was, and the copy
@@ -87,6 +100,8 @@ class BundleOutput:
             # Blobs fetched in this run were verified moments ago; older cache entries are
             # hashed again on the way, so a disk that changed them cannot slip into a bundle.
             await run(self.ctx.tar, writer.add_blob, self.store, digest, not source.fresh(digest))
+        if ready:
+            await run(self.ctx.tar, add_ready, ready)
 
     def write(self, resolved: list[Resolved], writer: TarWriter | None) -> BundleSummary:
         """Finish the tar (its blobs are written already) or write the layout directory."""
