@@ -85,6 +85,7 @@ class Syncer:
         self.push_copier: Copier | None = None
         self._push_of: dict[int, asyncio.Future] = {}     # id(item) -> its push
         self._push_failed: dict[int, PushReport] = {}
+        self._push_started = 0.0
 
     async def run(self) -> SyncResult:
         """The whole sync; the run's threads are shut down at its end, whatever happens."""
@@ -103,7 +104,7 @@ class Syncer:
                 # is still written in its one order, once every image is resolved.
                 streaming = self.streams()
                 if streaming:
-                    self.begin(session)
+                    self.open_copies(session)
                 items = await self.resolver.resolve_all(session, self.resolved if streaming else None)
                 if self.opts.shard:
                     items = self.take_shard(items)
@@ -132,13 +133,16 @@ class Syncer:
         o = self.opts
         return not (o.dry_run or o.shard or o.since or o.locked is not None or self.spec.trust is not None)
 
-    def begin(self, session) -> None:
-        """The copy into the cache (and with --to, the push from it) open before resolving."""
-        self.source = RegistrySource(self.fetcher, {})
-        self.copier = Copier(self.source, CacheSink(self.store), on_done=self._copied)
-        if self.opts.push_to:
+    def open_copies(self, session) -> None:
+        """The copy into the cache, and with --to the push from it, opened (once): before
+        resolving when streaming, else once every image is resolved."""
+        if self.copier is None:
+            self.source = RegistrySource(self.fetcher, {})
+            self.copier = Copier(self.source, CacheSink(self.store), on_done=self._copied)
+        if self.opts.push_to and self.pusher is None:
             self.pusher = self._pusher(session)
             self.push_copier = self.pusher.copier()
+            self._push_started = time.monotonic()
 
     def resolved(self, it: Item) -> None:
         """One image resolved (streaming): its missing blobs asked for now, its copy started."""
@@ -161,9 +165,7 @@ class Syncer:
     async def _fetch_and_write(self, live: list[Item], items: list[Item], session) -> None:
         """2. Registry -> cache through the copy engine, every missing blob fetched once; the tar
         written in its order meanwhile, following the downloads."""
-        if self.copier is None:
-            self.source = RegistrySource(self.fetcher, {})
-            self.copier = Copier(self.source, CacheSink(self.store), on_done=self._copied)
+        self.open_copies(session)
         missing = {d: desc for d, (desc, _) in self.missing(live).items() if d not in self.fetcher.inflight}
         self.progress.bytes_total(sum(desc.size for desc in missing.values()))
         # Where every blob can come from, not only the missing ones: a cached blob found damaged
@@ -174,9 +176,6 @@ class Syncer:
         # Start the rest of the downloads in the order the tar is written in (largest first),
         # so the writer keeps pace with them.
         self.source.start(blob_order({d: desc.size for d, desc in missing.items()}))
-        if self.opts.push_to and self.pusher is None:
-            self.pusher = self._pusher(session)
-            self.push_copier = self.pusher.copier()
         for it in live:
             if id(it) not in self._started:
                 self._started.add(id(it))
@@ -270,10 +269,7 @@ class Syncer:
 
     async def finish_push(self, items: list[Item], session) -> PushResult:
         """sync --to: every image pushed; reports in the order of the images."""
-        started = time.monotonic()
-        if self.push_copier is None:      # nothing was copied (every image failed)
-            self.pusher = self._pusher(session)
-            self.push_copier = self.pusher.copier()
+        self.open_copies(session)      # opened already, unless every image failed
         await self.push_copier.finish(fail_fast=self.opts.fail_fast)
         reports = []
         for it in items:
@@ -281,7 +277,7 @@ class Syncer:
                 reports.append(self.pusher.report(self._push_of[id(it)].result()[0]))
             elif id(it) in self._push_failed:
                 reports.append(self._push_failed[id(it)])
-        return self.pusher.result(reports, started)
+        return self.pusher.result(reports, self._push_started)
 
     def take_shard(self, items: list[Item]) -> list[Item]:
         """--shard I/N: the partition of the whole manifest's repositories, and this shard's items."""
