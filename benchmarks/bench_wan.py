@@ -25,10 +25,23 @@ output): `imgmirror sync MANIFEST -o OUT.tar --cache EMPTY` with its defaults, a
 `tar -cf` (bench_sync.run_skopeo).  skopeo on set b takes 150 processes, so it runs
 --meta-skopeo-runs times (default 1).  Then `imgmirror --version` 5 times (no proxy).
 
+The link's reference, after the sets' runs (same proxy process): what it delivers to a plain
+HTTP client.  One `curl -sS --fail --parallel --parallel-immediate --parallel-max 8` (keep-alive
+connections, 8 at once) over every blob of set a, largest first, through the proxy: layers and
+configs as /v2/REPO/blobs/DIGEST, manifests and indexes as /v2/REPO/manifests/DIGEST
+(distribution serves no manifest under /blobs/), REPO an image of the set whose manifest reaches
+the blob in the set's layout; --runs times, and as many with --parallel-max 16; every answer
+checked (200, the blob's size).  --parallel-immediate: without it curl (7.88) opens one
+connection and holds every other transfer until that connection's first one has ended (here the
+largest blob, ~1 s alone at --conn-rate), which is curl's doing, not the link's.  curl 7.68 or
+later is required.  The report sets imgmirror against it: its wall / curl's, its transfer-phase
+MB/s against curl's.
+
 With --before EXE (an imgmirror of earlier code) each round runs before, imgmirror, skopeo in
 turn, before the same cold way as imgmirror; --before-rev REV makes that EXE: `git archive REV
 mirror` under benchmarks/work/wan/before-REV/, compiled (PYTHONDONTWRITEBYTECODE=1 here), and a
-wrapper running its mirror.cli:main with this Python; the commit is named in the report.
+wrapper running its mirror.cli:console (the console script; mirror.cli:main where REV has no
+console) with this Python; the commit is named in the report.
 --skip-skopeo leaves skopeo out (quick trials).
 
 `sync --to` (set b): a second, empty `docker-registry` (the destination) behind a second proxy
@@ -500,9 +513,124 @@ def run_sync_to(desc: dict, tools: dict[str, str], src_proxy: ProxyProcess, dst_
     return res
 
 
+# --------------------------------------------------------------------------------------------
+# Reference: what the link delivers to a plain HTTP client (curl --parallel, keep-alive)
+# --------------------------------------------------------------------------------------------
+
+CURL_PARALLEL = (8, 16)
+MANIFEST_TYPES = ("application/vnd.oci.image.index.v1+json", "application/vnd.oci.image.manifest.v1+json",
+                  "application/vnd.docker.distribution.manifest.list.v2+json",
+                  "application/vnd.docker.distribution.manifest.v2+json")
+
+
+def curl_problem() -> str | None:
+    """None when curl is here and can do --parallel, else what is wrong (checked before any run)."""
+    curl = shutil.which("curl")
+    if not curl:
+        return "curl is not installed (apt-get install curl); the link's reference measurement runs it"
+    help_all = subprocess.run([curl, "--help", "all"], capture_output=True, text=True, timeout=30).stdout
+    if "--parallel-max" not in help_all or "--parallel-immediate" not in help_all:
+        version = subprocess.run([curl, "--version"], capture_output=True, text=True, timeout=30).stdout
+        first = version.splitlines()[0] if version else curl
+        return (f"{first}: no `--parallel` / `--parallel-immediate` / `--parallel-max` (curl 7.68 or later has "
+                f"them); the link's reference measurement runs `curl --parallel --parallel-immediate --parallel-max 8`")
+    return None
+
+
+def set_urls(layout: Path, desc: dict, host: str) -> list[tuple[str, int]]:
+    """Every blob of the set (all of desc["blobs"]) as (URL through host, size), largest first.
+
+    A layer or config is /v2/REPO/blobs/DIGEST, a manifest or index /v2/REPO/manifests/DIGEST:
+    distribution serves a blob only from a repository it is linked to, and a manifest not under
+    /blobs/ at all (404).  REPO is the first image of the set whose manifest reaches the blob,
+    walked in the set's layout (image manifest or index -> its manifests -> config and layers)."""
+    blob_dir = layout / "blobs" / "sha256"
+    where: dict[str, tuple[str, str]] = {}
+
+    def walk(digest: str, repo: str) -> None:
+        if digest in where:
+            return
+        where[digest] = (repo, "manifests")
+        doc = json.loads((blob_dir / digest.split(":", 1)[1]).read_bytes())
+        for m in doc.get("manifests", []):
+            walk(m["digest"], repo)
+        if "config" in doc:
+            for b in (doc["config"], *doc.get("layers", [])):
+                where.setdefault(b["digest"], (repo, "blobs"))
+
+    for img in desc["images"]:
+        walk(img["digest"], img["repo"])
+    if set(where) != set(desc["blobs"]):
+        raise RuntimeError(f"the set's layout: {len(set(desc['blobs']) - set(where))} blobs reached by no image, "
+                           f"{len(set(where) - set(desc['blobs']))} reached but not in the set")
+    order = sorted(desc["blobs"], key=lambda d: (-desc["blobs"][d], d))
+    return [(f"http://{host}/v2/{where[d][0]}/{where[d][1]}/{d}", desc["blobs"][d]) for d in order]
+
+
+def run_curl(urls: list[tuple[str, int]], parallel: int, proxy: ProxyProcess, layer_set: set[str],
+             args) -> dict:
+    """One `curl --parallel --parallel-immediate --parallel-max PARALLEL` over urls through the
+    proxy: wall time, and what the proxy saw of it.  Every transfer must answer 200 with the
+    blob's size.  --parallel-immediate: PARALLEL connections from the start (without it curl
+    opens one, and the other transfers wait until its first transfer has ended)."""
+    cmd = ["curl", "-sS", "--fail", "--noproxy", "*", "--parallel", "--parallel-immediate",
+           "--parallel-max", str(parallel),
+           "-H", "Accept: " + ", ".join(MANIFEST_TYPES),
+           "-w", "%{http_code} %{size_download} %{url_effective}\\n"]
+    for url, _ in urls:
+        cmd += ["-o", "/dev/null", url]
+    proxy.take(timeout=2)
+    t0 = time.time()
+    c0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, env=bs.child_env(),
+                       timeout=args.timeout)
+    wall = time.perf_counter() - c0
+    t1 = time.time()
+    if p.returncode != 0:
+        # curl's error lines, not its parallel progress meter (printed despite -s, on the same lines)
+        errors = [line[line.index("curl: ("):].strip() for line in p.stderr.replace("\r", "\n").splitlines()
+                  if "curl: (" in line]
+        raise RuntimeError(f"curl --parallel-max {parallel} over {len(urls)} URLs exited {p.returncode}: "
+                           f"{'; '.join(errors[:3]) or p.stderr.strip()[-500:]}")
+    got = {}
+    for line in p.stdout.splitlines():
+        code, size, url = line.split(" ", 2)
+        got[url] = (code, int(size))
+    bad = [url for url, size in urls if got.get(url) != ("200", size)]
+    if bad:
+        raise RuntimeError(f"curl --parallel-max {parallel}: {len(bad)} of {len(urls)} transfers not 200 with "
+                           f"the blob's size, e.g. {bad[0]}: {got.get(bad[0])}")
+    return {"wall": wall, "wan": analyse(proxy.take(), t0, t1, layer_set, args.rtt)}
+
+
+def run_curl_reference(layout: Path, desc: dict, proxy: ProxyProcess, args) -> dict:
+    """--runs runs of each CURL_PARALLEL over every blob of the set, through the proxy."""
+    urls = set_urls(layout, desc, proxy.host)
+    layer_set = layer_digests(desc)
+    res: dict = {"urls": len(urls), "bytes": sum(s for _, s in urls),
+                 "manifest_urls": sum(1 for u, _ in urls if "/manifests/" in u), "runs": {}}
+    for i in range(1, args.runs + 1):
+        for n in CURL_PARALLEL:
+            r = run_curl(urls, n, proxy, layer_set, args)
+            w = r["wan"]
+            log(f"curl run {i}: --parallel-max {n:2} {r['wall']:.2f} s = {res['bytes'] / r['wall'] / 1e6:.1f} MB/s, "
+                f"{w['requests']} requests, {w['connections']} connections (peak {w['peak_connections']})")
+            res["runs"].setdefault(n, []).append(r)
+    return res
+
+
+def curl_figures(cr: dict, n: int) -> dict:
+    """One CURL_PARALLEL's runs: median wall and MB/s; requests, connections and the transfer
+    phase (imgmirror's measure) of its median run."""
+    rs = sorted(cr["runs"][n], key=lambda r: r["wall"])
+    w = rs[(len(rs) - 1) // 2]["wan"]
+    wall = statistics.median(r["wall"] for r in rs)
+    return {"wall": wall, "walls": [r["wall"] for r in cr["runs"][n]], "mbps": cr["bytes"] / wall / 1e6, "wan": w}
+
+
 def make_before(rev: str, wan_dir: Path) -> tuple[str, str]:
     """--before-rev: `git archive REV mirror` under wan_dir/before-REV/, compiled, and a wrapper
-    that runs its mirror.cli:main with this Python.  Returns (executable, short commit)."""
+    that runs its mirror.cli:console (else :main) with this Python.  Returns (executable, short commit)."""
     try:
         commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", f"{rev}^{{commit}}"],
                                 capture_output=True, text=True, check=True).stdout.strip()
@@ -517,13 +645,17 @@ def make_before(rev: str, wan_dir: Path) -> tuple[str, str]:
     # Bytecode as an install has it (PYTHONDONTWRITEBYTECODE=1 here would leave start-up inflated).
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "mirror")], check=True,
                    stdout=subprocess.DEVNULL)
-    # mirror.cli:main (pyproject's console script) returns the exit code; argparse's own exits
-    # raise SystemExit, which passes through sys.exit() unchanged.
-    code = f"import sys; sys.path.insert(0, {str(tree)!r}); from mirror.cli import main; sys.exit(main())"
+    # The revision's console script: mirror.cli:console where it has one (main, then no last
+    # garbage collection at exit), else mirror.cli:main.  Either returns the exit code; argparse's
+    # own exits raise SystemExit, which passes through sys.exit() unchanged.
+    cli = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:mirror/cli/__init__.py"],
+                         capture_output=True, text=True, check=True).stdout
+    entry = "console" if "def console" in cli else "main"
+    code = f"import sys; sys.path.insert(0, {str(tree)!r}); from mirror.cli import {entry}; sys.exit({entry}())"
     exe = tree / "imgmirror"
     exe.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -c {shlex.quote(code)} "$@"\n')
     exe.chmod(0o755)
-    log(f"--before-rev {rev}: commit {commit}, extracted and compiled in {tree}")
+    log(f"--before-rev {rev}: commit {commit}, extracted and compiled in {tree}; runs mirror.cli:{entry}")
     return str(exe), commit
 
 
@@ -630,7 +762,43 @@ def render(m: dict, sets: dict, res: dict, args) -> str:
             est = f"{w['estimate']:.2f}" if w["estimate"] else "–"
             lines.append(f"| {kind} | {label} | {med:.2f} | {fmt_s(walls)} | {floor:.2f} | {med / floor:.2f} | "
                          f"{w['requests']} | {w['connections']} ({w['peak_connections']}) | {est} |")
+    def median_run(kind: str) -> dict:
+        rs = sorted(res[kind]["imgmirror"], key=lambda r: r["proc"].wall)
+        return rs[(len(rs) - 1) // 2]["wan"]
+
+    def transfer_mbps(kind: str, w: dict) -> float | None:
+        """Layer bytes / (last byte - first layer byte), MB/s."""
+        return sets[kind]["layer_bytes"] / w["transfer"] / 1e6 if w.get("transfer") else None
+
     fa = sum(sets["a"]["blobs"].values()) / link
+    # The reference: what the same proxy delivers to curl --parallel over set a's blobs.
+    cr = res["curl"]
+    cf = {n: curl_figures(cr, n) for n in CURL_PARALLEL}
+    n_blob_urls = cr["urls"] - cr["manifest_urls"]
+    delivered = []
+    for n in CURL_PARALLEL:
+        f = cf[n]
+        thr = transfer_mbps("a", f["wan"])
+        delivered.append(
+            f"{n} at once: {f['wall']:.2f} s = {f['mbps']:.1f} MB/s (each run {fmt_s(f['walls'])}; wall / floor "
+            f"{f['wall'] / fa:.2f}; {f['wan']['requests']} requests on {f['wan']['connections']} connections, "
+            f"peak {f['wan']['peak_connections']}; layer bytes / (last byte - first layer byte) "
+            f"{f'{thr:.1f} MB/s' if thr else '–'})")
+    lines += [
+        "",
+        f"**What the link delivers to `curl --parallel` (keep-alive), set a's {cr['urls']} blobs, "
+        f"{cr['bytes'] / 1e6:.1f} MB: " + "; ".join(delivered) + ".** "
+        f"One `curl -sS --fail --parallel --parallel-immediate --parallel-max N` process through the same proxy, "
+        f"after the sets' runs, "
+        f"median of {args.runs} run(s) of each N; every blob of the set once, largest first: its {n_blob_urls} layers "
+        f"and configs as `/v2/REPO/blobs/DIGEST`, its {cr['manifest_urls']} manifests and indexes as "
+        f"`/v2/REPO/manifests/DIGEST` (distribution serves no manifest under /blobs/), REPO a repository of the set "
+        f"holding it; every answer checked (200, the blob's size). `--parallel-immediate`: without it curl opens one "
+        f"connection and holds the other transfers until its first transfer (the largest blob) has ended. MB/s: all "
+        f"bytes / wall. Against the link floor "
+        f"({fa:.2f} s): what this machine's proxy and registry can deliver at all, over keep-alive connections and "
+        f"no registry protocol beyond the GETs.",
+    ]
     ia, ib = summary[("a", "imgmirror")], summary[("b", "imgmirror")]
     est_b = statistics.median(r["wan"]["estimate"] for r in res["b"]["imgmirror"])
     # The same run less its start-up (process start to its first connection): the part the estimate models.
@@ -658,10 +826,18 @@ def render(m: dict, sets: dict, res: dict, args) -> str:
     version_before = (f"; before's {statistics.median(res['version_before']):.2f} s"
                       if res.get("version_before") else "")
     to_summary = render_to_summary(sets["b"], res, args) if "to" in res else ""
+    thr_i, thr_c8 = transfer_mbps("a", median_run("a")), transfer_mbps("a", cf[8]["wan"])
+    vs_curl = (f"against what curl gets through the same proxy: imgmirror's wall / curl's (8 at once) wall = "
+               f"{ia / cf[8]['wall']:.2f} ({ia:.2f} s against {cf[8]['wall']:.2f} s; 16 at once "
+               f"{cf[16]['wall']:.2f} s, {ia / cf[16]['wall']:.2f}); imgmirror's transfer phase, layer bytes / (last "
+               f"byte - first layer byte) of its median run, "
+               f"{f'{thr_i:.1f} MB/s' if thr_i else '–'} against curl's {cf[8]['mbps']:.1f} MB/s (8 at once, all "
+               f"bytes / wall; {cf[16]['mbps']:.1f} MB/s 16 at once; curl's own by imgmirror's measure "
+               f"{f'{thr_c8:.1f} MB/s' if thr_c8 else '–'})")
     lines += [
         "",
         f"{vs_skopeo}{vs_before} Targets: cold sync within 1.05x of the link floor: "
-        f"{ia / fa:.2f}x on set a ({verdict(ia <= 1.05 * fa)}); cold metadata-bound run within 1.2x of "
+        f"{ia / fa:.2f}x on set a ({verdict(ia <= 1.05 * fa)}); {vs_curl}; cold metadata-bound run within 1.2x of "
         f"requests x RTT / connections: wall {ib:.2f} s against {est_b:.2f} s ({ib / est_b:.2f}x, "
         f"{verdict(ib <= 1.2 * est_b)}), wall minus start-up (process start to its first connection) "
         f"{net_b:.2f} s against the same {est_b:.2f} s ({net_b / est_b:.2f}x, {verdict(net_b <= 1.2 * est_b)}); "
@@ -677,10 +853,6 @@ def render(m: dict, sets: dict, res: dict, args) -> str:
         "configs asked for after the last layer (time they add) | layer bytes / (last byte - first layer byte) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    def median_run(kind: str) -> dict:
-        rs = sorted(res[kind]["imgmirror"], key=lambda r: r["proc"].wall)
-        return rs[(len(rs) - 1) // 2]["wan"]
-
     for kind in ("a", "b"):
         w = median_run(kind)
         thr = f"{sets[kind]['layer_bytes'] / w['transfer'] / 1e6:.1f} MB/s" if w.get("transfer") else "–"
@@ -876,6 +1048,10 @@ def main(argv: list[str] | None = None) -> int:
     if not imgmirror:
         print("imgmirror is not installed in this environment (pip install -e .)", file=sys.stderr)
         return 2
+    problem = curl_problem()
+    if problem:
+        print(f"bench_wan: {problem}", file=sys.stderr)
+        return 2
     if args.before and not (shutil.which(args.before) or os.access(args.before, os.X_OK)):
         print(f"--before {args.before}: not an executable", file=sys.stderr)
         return 2
@@ -902,6 +1078,8 @@ def main(argv: list[str] | None = None) -> int:
                      "before": before, "before_commit": before_commit}
         res["a"] = run_set("a", desc_a, tools, proxy, reg, run_dir, args)
         res["b"] = run_set("b", desc_b, tools, proxy, reg, run_dir, args)
+        # The reference: the same proxy's delivery of set a's blobs to curl --parallel.
+        res["curl"] = run_curl_reference(layout_a, desc_a, proxy, args)
         # sync --to: a second, empty registry (the destination) behind its own proxy.
         dst_reg = start_registry(run_dir / "dest-registry")
         dst_proxy = ProxyProcess(dst_reg.host, run_dir / "proxy-dest.jsonl", args)
