@@ -191,6 +191,7 @@ class _Follower:
         self.close()
 
 
+HOST_AUTH = ("none", "basic")   # what a host's first answer said, kept between runs
 TAGS_FILE = "tags.json"     # the digest each tag had when last resolved: which tags need a HEAD
 
 
@@ -207,6 +208,7 @@ class Store:
         self.record_uses = record_uses
         self._used: set[str] = set()      # digests this run used; written when the lock is released
         self._tags: dict[str, str] | None = None   # name:tag -> the digest it had last time (tags.json)
+        self._hosts: dict[str, str] = {}            # host -> "none" | "basic" (tags.json)
         self._tags_changed = False
         if not create:
             if not self.root.is_dir():
@@ -335,13 +337,35 @@ class Store:
     def remembered(self, name: str) -> str | None:
         """The digest `name` (registry/repository:tag) had when a run last resolved it; None when
         no run did (a cold tag: fetched by tag at once, no HEAD before it)."""
+        self._load_tags()
+        return self._tags.get(name)
+
+    def _load_tags(self) -> None:
         if self._tags is None:
             try:
                 doc = json.loads((self.root / TAGS_FILE).read_bytes())
                 self._tags = {k: v for k, v in doc.get("tags", {}).items() if isinstance(v, str)}
+                self._hosts = {k: v for k, v in doc.get("hosts", {}).items() if v in HOST_AUTH}
             except (OSError, ValueError, AttributeError):
-                self._tags = {}
-        return self._tags.get(name)
+                self._tags, self._hosts = {}, {}
+
+    def host_auth(self, host: str) -> str | None:
+        """How `host` answered the last run's first request: "none" (no challenge) or "basic";
+        None when unknown, or a token server's (whose address is not kept: it is learnt again
+        from a 401 each run, so no credentials go where the cache alone says)."""
+        self._load_tags()
+        return self._hosts.get(host)
+
+    def remember_host_auth(self, host: str, scheme: str | None) -> None:
+        """Note how a host answered (written with the tags)."""
+        self._load_tags()
+        value = scheme if scheme in HOST_AUTH else None
+        if self._hosts.get(host) != value:
+            if value is None:
+                self._hosts.pop(host, None)
+            else:
+                self._hosts[host] = value
+            self._tags_changed = True
 
     def remember(self, name: str, digest: str) -> None:
         """Note the digest a tag resolved to; written when the lock is released."""
@@ -353,7 +377,8 @@ class Store:
         if not self._tags_changed:
             return
         try:
-            self._write_json(self.root / TAGS_FILE, {"version": 1, "tags": dict(sorted(self._tags.items()))})
+            self._write_json(self.root / TAGS_FILE, {"version": 1, "tags": dict(sorted(self._tags.items())),
+                                                     "hosts": dict(sorted(self._hosts.items()))})
             self._tags_changed = False
         except OSError:
             pass                  # only a HEAD saved next time is lost

@@ -12,6 +12,7 @@ in front that delays chosen requests and records when each arrived and was answe
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 
@@ -137,3 +138,49 @@ images:
     waited = [sizes[s.path.rsplit("/", 1)[1]] for s in large[2:]]
     assert waited == sorted(waited, reverse=True)     # those that waited: largest first
     assert set(sizes) <= set(Bundle(tmp_path / "b.tar").blobs)
+
+
+def test_first_request_goes_alone_until_the_cache_knows_the_host(registry, three, tmp_path, capsys):
+    """Cold: the first request to a host goes alone (its answer may be a token challenge);
+    the cache then remembers that this host asked for none, and a warm run sends at once."""
+    front = FaultProxy(registry.url).start()
+    delayed = [0]          # the index of the request to delay: each run's first
+    front.rule = lambda seen, n: ("delay", DELAY) if n == delayed[0] else None
+    try:
+        for run in ("cold", "warm"):
+            mark = len(front.seen)
+            code, _, err = run_cli("sync", _manifest(tmp_path, front.host), "-o", tmp_path / f"{run}.tar",
+                                   "--cache", tmp_path / "c", capsys=capsys)
+            assert code == 0, err
+            first, *others = front.seen[mark:]
+            before_answer = [s for s in others if s.t0 < first.t1 - DELAY / 2]
+            if run == "cold":
+                assert others and before_answer == []
+                hosts = json.loads((tmp_path / "c" / "tags.json").read_text())["hosts"]
+                assert hosts == {front.host: "none"}
+                delayed[0] = len(front.seen)
+            else:
+                assert len(before_answer) >= 2
+    finally:
+        front.stop()
+
+
+def test_basic_auth_remembered_sends_credentials_at_once(registry_basic, tmp_path, capsys):
+    img = make_image([make_layer("basic-remembered", 1500)])
+    push(img, registry_basic.host, "test/b", "1.0", registry_basic.creds)
+    manifest = write_manifest(tmp_path / "m.yaml", f"""version: 1
+registries:
+  {registry_basic.host}:
+    username: {registry_basic.username}
+    password: {registry_basic.password}
+images:
+  - {registry_basic.host}/test/b:1.0
+""")
+    statuses = []
+    for run in ("cold", "warm"):
+        mark = registry_basic.mark()
+        code, _, err = run_cli("sync", manifest, "-o", tmp_path / f"{run}.tar", "--cache", tmp_path / "c",
+                               capsys=capsys)
+        assert code == 0, err
+        statuses.append([r.status for r in registry_basic.requests(since=mark)].count(401))
+    assert statuses == [1, 0]

@@ -80,9 +80,9 @@ class Resolver:
         host = ref.registry
         if host not in self.registries:
             cfg = self.spec.registries.get(host.lower(), RegistryConfig())   # keys are lowercased
-            self.registries[host] = Registry(transport_for(session, host, cfg,
-                                                           self.jobs),
-                                             hashers=self.ctx.hashers)
+            t = transport_for(session, host, cfg, self.jobs)
+            t.assume(self.store.host_auth(host))     # how it answered last time, if known
+            self.registries[host] = Registry(t, hashers=self.ctx.hashers)
         return self.registries[host]
 
     def asks_referrers(self, it: Item) -> bool:

@@ -92,7 +92,18 @@ class Syncer:
         try:
             return await self._run()
         finally:
+            self.remember_hosts()
             self.ctx.close()
+
+    def remember_hosts(self) -> None:
+        """How each registry answered its first request, for the next run (cache.host_auth)."""
+        transports = [reg.t for reg in self.resolver.registries.values()]
+        if self.pusher is not None:
+            transports.append(self.pusher.up.t)
+        for t in transports:
+            answered = t.answered_with()
+            if answered is not None:
+                self.store.remember_host_auth(t.settings.host, answered)
 
     async def _run(self) -> SyncResult:
         started = time.monotonic()
@@ -250,6 +261,7 @@ class Syncer:
         cfg = self.spec.registries.get(dest.host, RegistryConfig())
         opts = PushOptions(jobs=self.opts.jobs or self.spec.concurrency, fail_fast=self.opts.fail_fast)
         uploader = Uploader(transport_for(session, dest.host, cfg, opts.jobs), readers=self.ctx.readers)
+        uploader.t.assume(self.store.host_auth(dest.host))
         return Pusher(StoreSource(self.store), uploader, dest, opts, SideProgress(self.progress))
 
     def push(self, item: Item) -> None:

@@ -190,9 +190,30 @@ class Transport:
         # Until this host has answered once, one request goes alone: if it says 401, the others
         # wait for the challenge and then carry a token, instead of each getting a 401 first.
         self._first_answer: asyncio.Future | None = None
+        self._answered_once = False
         self.timeout = timeout or aiohttp.ClientTimeout(total=None, connect=30, sock_read=60)
         self._may_fall_back = settings.insecure and self.base.startswith("https:")
         self.auth = Auth(self)
+
+    def assume(self, scheme: str | None) -> None:
+        """What this host's first answer said in an earlier run ("none": no challenge; "basic",
+        with credentials at hand): then no request waits for a first answer, and Basic
+        credentials go with the first ones. A host that changed since answers 401 and is
+        learnt again, as on a first run."""
+        if self._first_answer is not None:
+            return
+        if scheme == "none" or (scheme == "basic" and self.credentials and self.credentials.password):
+            if scheme == "basic":
+                self.auth.challenge = ("basic", {})
+            self._first_answer = asyncio.get_running_loop().create_future()
+            self._first_answer.set_result(None)
+
+    def answered_with(self) -> str | None:
+        """How this host answered this run ("none", "basic", "bearer"), or None if it did not."""
+        if self.auth.challenge is not None:
+            return self.auth.challenge[0]
+        return "none" if self._first_answer is not None and self._first_answer.done() and self._answered_once \
+            else None
 
     def lane(self, size: int | None):
         """The lane for a blob of `size` bytes, held around its transfer: `async with
@@ -239,7 +260,7 @@ class Transport:
             try:
                 return await self._open_auth(method, self._full(url), scopes, headers, ok, what, body)
             finally:
-                self._answered()
+                self._answered(really=False)      # answered, failed or cancelled: the others go
         if not first.done():
             await asyncio.wait({first})      # not cancelled with this request
         return await self._open_auth(method, self._full(url), scopes, headers, ok, what, body)
@@ -247,7 +268,8 @@ class Transport:
     def _full(self, url: str) -> str:
         return url if url.startswith(("http://", "https://")) else self.base + url
 
-    def _answered(self) -> None:
+    def _answered(self, really: bool = True) -> None:
+        self._answered_once = self._answered_once or really
         if not self._first_answer.done():
             self._first_answer.set_result(None)
 
