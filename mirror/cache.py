@@ -203,6 +203,7 @@ class Store:
         manifests it keeps); `create=False`: StoreError if there is no cache at `root` (info)."""
         self.root = Path(root).expanduser()
         self.blob_dir = self.root / "blobs" / "sha256"
+        self._blob_dir_s = str(self.blob_dir)
         self.tmp_dir = self.root / "tmp"
         self.uses_dir = self.root / "uses"
         self.record_uses = record_uses
@@ -225,7 +226,7 @@ class Store:
         return self.blob_dir / digest_hex(digest)
 
     def has(self, digest: str) -> bool:
-        if self.blob_path(digest).is_file():
+        if os.path.isfile(os.path.join(self._blob_dir_s, digest_hex(digest))):   # os.path: pathlib costs more here
             self._used.add(digest)
             return True
         return False

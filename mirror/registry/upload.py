@@ -34,6 +34,9 @@ async def _stream(source: Source, digest: str, start: int = 0, length: int | Non
                   readers: concurrent.futures.Executor | None = None):
     """The bytes [start, start+length) of a blob, read in a worker thread, as an async iterator."""
     loop = asyncio.get_running_loop()
+    if length is not None and length <= READ_CHUNK:     # one hand-off to a reader thread, not three
+        yield await loop.run_in_executor(readers, _read_range, source, digest, start, length)
+        return
     fh = await loop.run_in_executor(readers, source.open_blob, digest)
     try:
         if start:
@@ -45,6 +48,22 @@ async def _stream(source: Source, digest: str, start: int = 0, length: int | Non
                 raise RegistryError(f"blob {digest}: source ended {left} bytes early")
             left -= len(chunk)
             yield chunk
+    finally:
+        fh.close()
+
+
+def _read_range(source: Source, digest: str, start: int, length: int) -> bytes:
+    fh = source.open_blob(digest)
+    try:
+        if start:
+            fh.seek(start)
+        out = b""
+        while len(out) < length:
+            chunk = fh.read(length - len(out))
+            if not chunk:
+                raise RegistryError(f"blob {digest}: source ended {length - len(out)} bytes early")
+            out += chunk
+        return out
     finally:
         fh.close()
 
