@@ -124,8 +124,8 @@ class BlobWriter:
         """Drop the partial download (a no-op after commit)."""
         if not self._fh.closed:
             self._fh.close()
-        self.tmp.unlink(missing_ok=True)
-        if self.state != "committed":
+        if self.state != "committed":       # committed: renamed into place, nothing to remove
+            self.tmp.unlink(missing_ok=True)
             self._announce(state="failed")
 
     def follow(self) -> Follower:
