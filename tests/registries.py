@@ -169,7 +169,7 @@ class TokenServer:
     asked for.  Missing or wrong credentials get 401 (with a Basic challenge), an unknown
     service 400.  Every request is appended to :attr:`requests` as a dict:
     ``{"method", "path", "service", "scopes": [..], "account", "auth": bool (Authorization
-    header present), "user": name or None, "status": int}``.
+    header present), "user": name or None, "status": int, "t": time.monotonic() on arrival}``.
 
     Tests may change :attr:`expires_in` (what the answer claims) and :attr:`lifetime` (seconds
     from now to the JWT's ``exp``) between requests, or set :attr:`fail_next` to a status code
@@ -301,6 +301,7 @@ class TokenServer:
             "auth": header is not None,
             "user": user,
             "status": 200,
+            "t": time.monotonic(),
         }
         self.requests.append(record)
 

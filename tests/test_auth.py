@@ -260,3 +260,36 @@ images:
     assert reqs[0].status == 401
     scopes = sorted(s for r in registry_token.token_server.requests for s in r["scopes"])
     assert scopes == [f"repository:test/tok{r}:pull" for r in range(3)]
+
+
+def test_tokens_of_every_repository_fetched_at_the_first_challenge(registry_token, tmp_path, capsys):
+    """Six repositories through a metadata lane of 4 (concurrency: 1): every repository's token
+    is asked for as soon as the first 401 tells how, before the registry has answered any
+    request that carries a token, not when a repository's first request finds a free slot."""
+    from faultproxy import FaultProxy
+    creds = registry_token.creds
+    for r in range(6):
+        push(make_image([make_layer(f"pre-{r}", 1200 + r)]), registry_token.host, f"test/pre{r}", "1.0", creds)
+    front = FaultProxy(registry_token.url).start()
+    front.rule = lambda seen, n: ("delay", 0.3)       # every answer of the registry: 0.3 s late
+    try:
+        manifest = write_manifest(tmp_path / "m.yaml", f"""version: 1
+concurrency: 1
+registries:
+  {front.host}:
+    username: {registry_token.username}
+    password: {registry_token.password}
+images:
+""" + "".join(f"  - {front.host}/test/pre{r}:1.0\n" for r in range(6)))
+        registry_token.token_server.requests.clear()
+        code, text = _sync(tmp_path, manifest, capsys)
+    finally:
+        front.stop()
+    assert code == 0, text
+    tokens = registry_token.token_server.requests
+    assert sorted(s for r in tokens for s in r["scopes"]) == [f"repository:test/pre{r}:pull" for r in range(6)]
+    authorized = [s for s in front.seen if "Authorization" in s.headers]
+    # without the prefetch, the 5th and 6th repositories' tokens wait for a free slot: for an
+    # answer of the registry to an authorized request, 0.3 s after the challenge at the least
+    assert max(r["t"] for r in tokens) < min(s.t1 for s in authorized), \
+        "a token was fetched only when its repository's turn came"

@@ -14,7 +14,7 @@ from ..core.selection import select_tags
 from ..core.spec import ImageSpec, MirrorSpec, RegistryConfig
 from ..errors import MirrorError, UsageError
 from ..progress import Progress
-from ..registry.client import Registry
+from ..registry.client import Registry, pull_scope
 from ..registry.transport import transport_for
 from .context import RunContext
 from .referrers import discover
@@ -85,6 +85,15 @@ class Resolver:
             self.registries[host] = Registry(t, hashers=self.ctx.hashers)
         return self.registries[host]
 
+    def prefetch_tokens(self, session) -> None:
+        """Every repository of mirror.yaml is known now: its host fetches each one's token as
+        soon as its first answer says it needs tokens, all at once (Transport.prefetch_tokens)."""
+        by_host: dict[Registry, set[str]] = {}
+        for spec in self.spec.images:
+            by_host.setdefault(self.registry(session, spec.repository), set()).add(spec.repository.repository)
+        for reg, repos in by_host.items():
+            reg.t.prefetch_tokens([pull_scope(r) for r in sorted(repos)])
+
     def asks_referrers(self, it: Item) -> bool:
         return it.spec.referrers if it.spec.referrers is not None else self.spec.referrers
 
@@ -102,6 +111,7 @@ class Resolver:
         """Every entry expanded and resolved, with the referrers asked for. `on_resolved(item)`
         is told each entry's image as soon as it is resolved (referrers come later, whole)."""
         self.on_resolved = on_resolved
+        self.prefetch_tokens(session)
         if self.locked is not None:
             refs_per_spec = self.expand_locked()
         else:

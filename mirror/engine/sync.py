@@ -101,6 +101,7 @@ class Syncer:
         if self.pusher is not None:
             transports.append(self.pusher.up.t)
         for t in transports:
+            t.cancel_prefetches()
             answered = t.answered_with()
             if answered is not None:
                 self.store.remember_host_auth(t.settings.host, answered)

@@ -21,8 +21,12 @@ MAX_TAG_PAGE_BYTES = 16 * 1024 * 1024    # one page of a tag list (10,000 tags a
 CHUNK = 1 << 20
 
 
-def _pull(repo: str) -> frozenset:
+def pull_scope(repo: str) -> frozenset:
+    """The token scope set that reads `repo`."""
     return frozenset({f"repository:{repo}:pull"})
+
+
+_pull = pull_scope
 
 
 async def head_manifest(t: Transport, repo: str, ref: str, scopes: frozenset,

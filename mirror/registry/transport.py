@@ -189,8 +189,10 @@ class Transport:
         self.transfers = Slots(settings.max_concurrency)
         # Until this host has answered once, one request goes alone: if it says 401, the others
         # wait for the challenge and then carry a token, instead of each getting a 401 first.
-        self._first_answer: asyncio.Future | None = None
+        self._leader_sent = False              # the first request to this host has gone
+        self._first_answer = asyncio.Event()   # ... and its answer (or failure) is known
         self._answered_once = False
+        self._prefetches: set[asyncio.Future] = set()
         self.timeout = timeout or aiohttp.ClientTimeout(total=None, connect=30, sock_read=60)
         self._may_fall_back = settings.insecure and self.base.startswith("https:")
         self.auth = Auth(self)
@@ -200,20 +202,37 @@ class Transport:
         with credentials at hand): then no request waits for a first answer, and Basic
         credentials go with the first ones. A host that changed since answers 401 and is
         learnt again, as on a first run."""
-        if self._first_answer is not None:
+        if self._leader_sent:
             return
         if scheme == "none" or (scheme == "basic" and self.credentials and self.credentials.password):
             if scheme == "basic":
                 self.auth.challenge = ("basic", {})
-            self._first_answer = asyncio.get_running_loop().create_future()
-            self._first_answer.set_result(None)
+            self._leader_sent = True
+            self._first_answer.set()
+
+    def prefetch_tokens(self, scope_sets: list[frozenset]) -> None:
+        """Fetch the token of each scope set (a repository's) as soon as this host's first
+        answer is known, all at once, so that no repository's first request waits for its
+        token later. Nothing is fetched for a host that asks for none or for Basic."""
+        async def one(scopes: frozenset) -> None:
+            await self._first_answer.wait()
+            if self.auth.challenge is not None and self.auth.challenge[0] == "bearer":
+                await self.auth.header(scopes)
+        for scopes in scope_sets:
+            task = asyncio.ensure_future(one(scopes))
+            self._prefetches.add(task)
+            # a failure here is met again, and reported, by the repository's first request
+            task.add_done_callback(lambda t: (self._prefetches.discard(t), t.cancelled() or t.exception()))
+
+    def cancel_prefetches(self) -> None:
+        for task in list(self._prefetches):
+            task.cancel()
 
     def answered_with(self) -> str | None:
         """How this host answered this run ("none", "basic", "bearer"), or None if it did not."""
         if self.auth.challenge is not None:
             return self.auth.challenge[0]
-        return "none" if self._first_answer is not None and self._first_answer.done() and self._answered_once \
-            else None
+        return "none" if self._answered_once else None
 
     def lane(self, size: int | None):
         """The lane for a blob of `size` bytes, held around its transfer: `async with
@@ -254,15 +273,14 @@ class Transport:
         return await (self.retrying(once) if retry else once())
 
     async def _open_once(self, method, url, scopes, headers, ok, what, body=None):
-        first = self._first_answer
-        if first is None:
-            self._first_answer = asyncio.get_running_loop().create_future()
+        if not self._leader_sent:
+            self._leader_sent = True
             try:
                 return await self._open_auth(method, self._full(url), scopes, headers, ok, what, body)
             finally:
                 self._answered(really=False)      # answered, failed or cancelled: the others go
-        if not first.done():
-            await asyncio.wait({first})      # not cancelled with this request
+        if not self._first_answer.is_set():
+            await self._first_answer.wait()
         return await self._open_auth(method, self._full(url), scopes, headers, ok, what, body)
 
     def _full(self, url: str) -> str:
@@ -270,8 +288,7 @@ class Transport:
 
     def _answered(self, really: bool = True) -> None:
         self._answered_once = self._answered_once or really
-        if not self._first_answer.done():
-            self._first_answer.set_result(None)
+        self._first_answer.set()
 
     async def _open_auth(self, method, full, scopes, headers, ok, what, body=None):
         for auth_try in (0, 1):
