@@ -478,6 +478,7 @@ class CacheSink:
     Manifests are put by resolve as it reads them; a manifest here says nothing of its blobs."""
 
     complete_manifests = False
+    remote = False
 
     def __init__(self, store: Store):
         self.store = store

@@ -53,6 +53,7 @@ class FakeRegistry:
     """A Sink: repositories of blobs, manifests and tags; records every call in order."""
 
     complete_manifests = True
+    remote = False
 
     def __init__(self, mount_answer: int = 201, refuse: set[str] = frozenset()):
         self.blobs: dict[str, set[str]] = {}

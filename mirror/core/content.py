@@ -48,6 +48,7 @@ class Sink(Protocol):
     (engine/copy.py) speaks only this."""
 
     complete_manifests: bool    # a manifest present means everything it references is present
+    remote: bool                # asking blob_exists costs a round trip (small blobs are sent unasked)
 
     async def blob_exists(self, repo: str, digest: str) -> bool: ...
     async def manifest_digest(self, repo: str, ref: str) -> str | None: ...

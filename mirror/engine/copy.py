@@ -257,7 +257,7 @@ class Copier:
         """Sent without asking whether the sink has it, where asking costs a round trip: an image
         config (new with its image nearly always) and any blob of at most UNASKED bytes (sending
         it costs about what asking does). The sink checks the digest all the same."""
-        return getattr(self.sink, "remote", False) and self.source.has(desc.digest) and \
+        return self.sink.remote and self.source.has(desc.digest) and \
             (desc.media_type in IMAGE_CONFIG_TYPES or desc.size <= UNASKED)
 
     async def _send(self, repo: str, desc: Descriptor, location: str | None = None) -> None:

@@ -32,7 +32,7 @@ from urllib.parse import urljoin
 
 from ..errors import RegistryError, UnsupportedManifestError
 from ..core.oci import MANIFEST_TYPES, OCI_INDEX, Descriptor, digest_hex
-from ..registry.client import Registry, _next_link, _pull, head_manifest
+from ..registry.client import Registry, _next_link, head_manifest, pull_scope
 from ..registry.transport import read_capped
 
 COSIGN_SUFFIXES = (".sig", ".att", ".sbom")
@@ -74,7 +74,7 @@ async def discover(reg: Registry, repo: str, digest: str) -> list[str]:
 
 async def tag_exists(reg: Registry, repo: str, tag: str) -> bool:
     """True when `repo:tag` is a manifest (HEAD 200), False on 404; other answers raise."""
-    return (await head_manifest(reg.t, repo, tag, _pull(repo), missing_ok=True))[0]
+    return (await head_manifest(reg.t, repo, tag, pull_scope(repo), missing_ok=True))[0]
 
 
 async def referrers_api(reg: Registry, repo: str, digest: str) -> list[Descriptor] | None:
@@ -88,7 +88,7 @@ async def referrers_api(reg: Registry, repo: str, digest: str) -> list[Descripto
     what = f"referrers of {reg.host}/{repo}@{digest}"
     found: list[Descriptor] = []
     async def fetch(url: str, first: bool):
-        resp = await reg.t.open("GET", url, scopes=_pull(repo), headers={"Accept": OCI_INDEX},
+        resp = await reg.t.open("GET", url, scopes=pull_scope(repo), headers={"Accept": OCI_INDEX},
                                 ok=(200, *_NO_API) if first else (200,), what=what, retry=False)
         async with resp:
             if resp.status != 200:

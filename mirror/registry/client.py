@@ -26,9 +26,6 @@ def pull_scope(repo: str) -> frozenset:
     return frozenset({f"repository:{repo}:pull"})
 
 
-_pull = pull_scope
-
-
 async def head_manifest(t: Transport, repo: str, ref: str, scopes: frozenset,
                         missing_ok: bool = False) -> tuple[bool, str | None]:
     """HEAD a manifest by tag or digest (Docker Hub does not count a HEAD against its pull
@@ -55,14 +52,14 @@ class Registry:
 
     async def head_manifest(self, repo: str, ref: str) -> str | None:
         """The digest a tag points at, if the registry says (a 404 is NotFoundError)."""
-        return (await head_manifest(self.t, repo, ref, _pull(repo)))[1]
+        return (await head_manifest(self.t, repo, ref, pull_scope(repo)))[1]
 
     async def get_manifest(self, repo: str, ref: str) -> tuple[bytes, str]:
         """The exact manifest bytes and their Content-Type. By tag, a Docker-Content-Digest
         the registry sends must be the sha256 of the bytes (DigestMismatchError otherwise)."""
         what = f"manifest {join_ref(f'{self.host}/{repo}', ref)}"
         async def attempt() -> tuple[bytes, str]:
-            resp = await self.t.open("GET", f"/v2/{repo}/manifests/{ref}", scopes=_pull(repo),
+            resp = await self.t.open("GET", f"/v2/{repo}/manifests/{ref}", scopes=pull_scope(repo),
                                      headers={"Accept": ACCEPT}, what=what, retry=False)
             async with resp:
                 raw = await read_capped(resp, MAX_MANIFEST_BYTES, what)
@@ -77,7 +74,7 @@ class Registry:
 
     async def list_tags(self, repo: str, page_size: int = 1000) -> list[str]:
         """Every tag of a repository, following `Link: <…>; rel="next"` to the end."""
-        return await list_pages(self.t, f"/v2/{repo}/tags/list?n={page_size}", "tags", _pull(repo),
+        return await list_pages(self.t, f"/v2/{repo}/tags/list?n={page_size}", "tags", pull_scope(repo),
                                 f"tag list of {self.host}/{repo}", MAX_TAG_PAGE_BYTES, MAX_TAG_PAGES)
 
     async def fetch_blob(self, repo: str, desc: Descriptor, store: Store, on_bytes=None,
@@ -110,7 +107,7 @@ class Registry:
         headers = {"Range": f"bytes={writer.size}-"} if writer.size else {}
         clock = asyncio.get_running_loop().time
         sent = clock()
-        resp = await self.t.open("GET", url, scopes=_pull(repo), headers=headers, ok=(200, 206), what=what,
+        resp = await self.t.open("GET", url, scopes=pull_scope(repo), headers=headers, ok=(200, 206), what=what,
                                  retry=False)
         # The round trip this request took, and when its body began: once the rest of the body
         # will take less than that round trip, the lane slot is given back so the next blob is

@@ -278,7 +278,7 @@ class Transport:
             try:
                 return await self._open_auth(method, self._full(url), scopes, headers, ok, what, body)
             finally:
-                self._answered(really=False)      # answered, failed or cancelled: the others go
+                self._first_answer.set()          # answered, failed or cancelled: the others go
         if not self._first_answer.is_set():
             await self._first_answer.wait()
         return await self._open_auth(method, self._full(url), scopes, headers, ok, what, body)
@@ -286,8 +286,8 @@ class Transport:
     def _full(self, url: str) -> str:
         return url if url.startswith(("http://", "https://")) else self.base + url
 
-    def _answered(self, really: bool = True) -> None:
-        self._answered_once = self._answered_once or really
+    def _answered(self) -> None:
+        self._answered_once = True
         self._first_answer.set()
 
     async def _open_auth(self, method, full, scopes, headers, ok, what, body=None):
